@@ -1,0 +1,1 @@
+"""cupy backend kernels: see ../README.md for the contract."""

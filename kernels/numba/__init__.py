@@ -1,0 +1,1 @@
+"""numba backend kernels: see ../README.md for the contract."""

@@ -1,0 +1,1 @@
+"""numpy backend kernels: see ../README.md for the contract."""

@@ -1,0 +1,1 @@
+"""triton backend kernels: see ../README.md for the contract."""
