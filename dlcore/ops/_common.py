@@ -1,0 +1,119 @@
+"""Plumbing shared by every launcher in dlcore.ops: argument checks, dispatch, array conversion, and the
+bridge that gives torch tensors gradients through dlcore's own backward kernels.
+
+Every differentiable op is written once as a pair of functions on *native* arrays (the backend's own kind):
+
+    forward(call, *arrays, **params)  -> (output, saved)
+    backward(call, saved, grad_output, needs, **params) -> one gradient (or None) per array
+
+`Call.apply` runs the pair directly, or, for torch tensors that require grad, through `torch.autograd`;
+dlcore's own autograd (`dlcore.Tensor`) uses the same pairs, so every backward rule lives in one place.
+"""
+from __future__ import annotations
+
+import functools
+
+from dlcore import _arrays, _dispatch
+
+
+class Call:
+    """One call of one op: the chosen backend and the conversions to and from its native arrays."""
+
+    __slots__ = ("op", "kind", "choice", "k", "native", "ns", "dtype", "grad_needed")
+
+    def __init__(self, op: str, named_arrays: dict, backend: str | None = None):
+        self.op = op
+        self.kind = _arrays.common_kind(named_arrays)
+        self.choice = _dispatch.resolve(op, self.kind, backend)
+        self.k = self.choice.module  # the kernel module: self.k.softmax_forward(...)
+        self.native = self.choice.backend.native
+        self.ns = _arrays.namespace(self.native)
+        self.dtype = None
+        self.grad_needed = False  # True while running under autograd: fused ops then emit gradients too
+
+    def to_native(self, a):
+        return _arrays.to_native(a, self.native)
+
+    def from_native(self, a):
+        return _arrays.from_native(a, self.kind)
+
+    # -- argument checks ------------------------------------------------------------------------
+    def float_args(self, named: dict) -> str:
+        """Check every non-None array in ``named`` is floating point with one shared dtype; return it."""
+        allowed = _arrays.CPU_FLOAT_DTYPES if self.native == "numpy" else _arrays.FLOAT_DTYPES
+        first = None
+        for name, a in named.items():
+            if a is None:
+                continue
+            dt = _arrays.dtype_name(a)
+            if dt not in allowed:
+                raise TypeError(
+                    f"{self.op}: '{name}' must be a floating-point array ({' or '.join(allowed)} on the "
+                    f"'{self.choice.backend.name}' backend), got {dt}"
+                )
+            if first is None:
+                first, self.dtype = name, dt
+            elif dt != self.dtype:
+                raise TypeError(f"{self.op}: '{name}' is {dt} but '{first}' is {self.dtype}; cast one of them")
+        return self.dtype
+
+    # -- running -------------------------------------------------------------------------------
+    def apply(self, forward, backward, arrays: tuple, **params):
+        """Run ``forward`` on the native views of ``arrays``; wire up torch autograd when it is needed."""
+        if self.kind.startswith("torch") and _torch_needs_grad(arrays):
+            self.grad_needed = True
+            return _bridge().apply(self, forward, backward, params, *arrays)
+        out, _ = forward(self, *(self.to_native(a) for a in arrays), **params)
+        return self.from_native(out)
+
+
+def _torch_needs_grad(arrays) -> bool:
+    import torch
+
+    return torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in arrays)
+
+
+@functools.cache
+def _bridge():
+    """Build the torch.autograd.Function once, on first use (so `import dlcore` never imports torch)."""
+    import torch
+    from torch.autograd.function import once_differentiable
+
+    class DlcoreFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, call, forward, backward, params, *arrays):
+            out, saved = forward(call, *(call.to_native(a) for a in arrays), **params)
+            ctx.call, ctx.backward, ctx.params, ctx.saved = call, backward, params, saved
+            return call.from_native(out)
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, grad):
+            call = ctx.call
+            needs = ctx.needs_input_grad[4:]
+            grads = ctx.backward(call, ctx.saved, call.to_native(grad), needs, **ctx.params)
+            ctx.saved = None  # free the saved arrays as torch would
+            return (None, None, None, None) + tuple(
+                call.from_native(g) if (g is not None and n) else None for g, n in zip(grads, needs)
+            )
+
+    return DlcoreFunction
+
+
+def check_reduction(op: str, reduction: str) -> str:
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"{op}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    return reduction
+
+
+def normalize_dim(op: str, dim: int, ndim: int) -> int:
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise TypeError(f"{op}: dim must be an int, got {type(dim).__name__}")
+    lo, hi = (-1, 0) if ndim == 0 else (-ndim, ndim - 1)
+    if not lo <= dim <= hi:
+        raise IndexError(f"{op}: dim {dim} is out of range for a {ndim}-d input (expected [{lo}, {hi}])")
+    return dim % max(ndim, 1)
+
+
+def shape_of(a) -> tuple:
+    return tuple(a.shape)
