@@ -78,9 +78,32 @@ def get_num_threads() -> int:
     return numba.get_num_threads()
 
 
+_LAZY_ATTRS = {
+    "Tensor": ("dlcore.autograd", "Tensor"),
+    "tensor": ("dlcore.autograd", "tensor"),
+    "no_grad": ("dlcore.autograd", "no_grad"),
+    "enable_grad": ("dlcore.autograd", "enable_grad"),
+    "is_grad_enabled": ("dlcore.autograd", "is_grad_enabled"),
+    "cat": ("dlcore.autograd", "cat"),
+    "stack": ("dlcore.autograd", "stack"),
+    "where": ("dlcore.autograd", "where"),
+    "save": ("dlcore.io", "save"),
+    "load": ("dlcore.io", "load"),
+}
+
+
 def __getattr__(name):
+    if name in _LAZY_ATTRS:
+        import importlib
+
+        mod, attr = _LAZY_ATTRS[name]
+        return getattr(importlib.import_module(mod), attr)
     if name in _LAZY_SUBMODULES:
         import importlib
 
         return importlib.import_module(f"dlcore.{name}")
     raise AttributeError(f"module 'dlcore' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY_SUBMODULES) + list(_LAZY_ATTRS))

@@ -25,6 +25,10 @@ def is_cupy(a) -> bool:
     return type(a).__module__.startswith("cupy") and hasattr(a, "device")
 
 
+def is_dlcore_tensor(a) -> bool:
+    return getattr(type(a), "_is_dlcore_tensor", False)
+
+
 def kind_of(a) -> str:
     """The kind of one array; TypeError for anything that is not an array dlcore takes."""
     if isinstance(a, np.ndarray):
@@ -35,6 +39,8 @@ def kind_of(a) -> str:
         return "cupy"
     if isinstance(a, np.generic):
         return "numpy"
+    if is_dlcore_tensor(a):
+        return kind_of(a.data)
     raise TypeError(
         f"expected a NumPy array, torch tensor or CuPy array, got {type(a).__module__}.{type(a).__qualname__}"
     )
@@ -64,6 +70,8 @@ def common_kind(named_arrays: dict) -> str:
 
 
 def _device_index(a):
+    if is_dlcore_tensor(a):
+        a = a.data
     if is_torch(a):
         return a.device.index
     return a.device.id
@@ -76,6 +84,8 @@ def _pretty(kind: str) -> str:
 
 def dtype_name(a) -> str:
     """'float32', 'int64', 'bool', ... for any array kind."""
+    if is_dlcore_tensor(a):
+        a = a.data
     if is_torch(a):
         return str(a.dtype).removeprefix("torch.")
     return np.dtype(a.dtype).name
@@ -85,6 +95,8 @@ def to_native(a, native: str):
     """View ``a`` as the backend's native kind ('numpy', 'torch' or 'cupy'), without copying when possible."""
     if a is None:
         return None
+    if is_dlcore_tensor(a):
+        a = a.data
     if native == "numpy":
         if isinstance(a, np.ndarray):
             return a

@@ -60,6 +60,10 @@ class Call:
     # -- running -------------------------------------------------------------------------------
     def apply(self, forward, backward, arrays: tuple, **params):
         """Run ``forward`` on the native views of ``arrays``; wire up torch autograd when it is needed."""
+        if any(_arrays.is_dlcore_tensor(a) for a in arrays):
+            from dlcore.autograd import apply_op
+
+            return apply_op(self, forward, backward, arrays, params)
         if self.kind.startswith("torch") and _torch_needs_grad(arrays):
             self.grad_needed = True
             return _bridge().apply(self, forward, backward, params, *arrays)
@@ -70,7 +74,7 @@ class Call:
 def _torch_needs_grad(arrays) -> bool:
     import torch
 
-    return torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in arrays)
+    return torch.is_grad_enabled() and any(_arrays.is_torch(a) and a.requires_grad for a in arrays)
 
 
 @functools.cache

@@ -1,0 +1,604 @@
+"""dlcore's autograd: a Tensor over a NumPy, torch or CuPy array, and a reverse-mode engine small enough
+to read in one sitting (micrograd's shape, tinygrad's single rule table).
+
+Every operation that produces a Tensor from Tensors that require grad records a `Node`: its parents and a
+closure that maps the output's gradient to one gradient per parent. `Tensor.backward` walks the graph in
+reverse topological order, summing gradients that meet at a tensor, and stores them on the leaves.
+
+Two kinds of rules exist, and both live in one place each:
+
+* the hot ops (matmul, linear, softmax, attention, losses, layer_norm, activations) run through
+  `dlcore.ops`, whose forward/backward pairs call the fused ``*_backward`` kernels (`apply_op` below);
+* the glue (arithmetic, reductions, reshapes, indexing, concatenation, where) is the `RULES` table at the
+  bottom of this file, one small function per op, written against the array's own namespace.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+
+import numpy as np
+
+from dlcore import _arrays
+
+_grad_enabled: contextvars.ContextVar = contextvars.ContextVar("dlcore_grad_enabled", default=True)
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled.get()
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inside this block, operations record no graph (inference, optimizer updates)."""
+    token = _grad_enabled.set(False)
+    try:
+        yield
+    finally:
+        _grad_enabled.reset(token)
+
+
+@contextlib.contextmanager
+def enable_grad():
+    token = _grad_enabled.set(True)
+    try:
+        yield
+    finally:
+        _grad_enabled.reset(token)
+
+
+class Node:
+    """How an output was made: its parent Tensors (None where no gradient flows) and the backward closure."""
+
+    __slots__ = ("parents", "backward", "name")
+
+    def __init__(self, parents, backward, name):
+        self.parents = parents
+        self.backward = backward
+        self.name = name
+
+
+# ---------------------------------------------------------------------------------------------- array maths
+class _NumpyMath:
+    """The handful of array functions the glue rules need, for NumPy (and CuPy, same names)."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def sum(self, a, axis=None, keepdims=False):
+        return self.xp.sum(a, axis=axis, keepdims=keepdims)
+
+    def amax(self, a, axis=None, keepdims=False):
+        return self.xp.max(a, axis=axis, keepdims=keepdims)
+
+    def permute(self, a, axes):
+        return self.xp.transpose(a, axes)
+
+    def concat(self, arrays, axis):
+        return self.xp.concatenate(arrays, axis=axis)
+
+    def index_add(self, shape, like, index, g):
+        z = self.xp.zeros(shape, dtype=like.dtype)
+        self.xp.add.at(z, index, g)
+        return z
+
+    def astype_like(self, a, like):
+        return a.astype(like.dtype, copy=False) if hasattr(a, "astype") else self.xp.asarray(a, dtype=like.dtype)
+
+    def asarray(self, v, like):
+        return self.xp.asarray(v, dtype=like.dtype)
+
+    def take_along(self, a, idx, axis):
+        return self.xp.take_along_axis(a, idx, axis=axis)
+
+    def put_along_add(self, shape, like, idx, g, axis):
+        z = self.xp.zeros(shape, dtype=like.dtype)
+        self.xp.put_along_axis(z, idx, g, axis=axis)  # indices along an axis are unique per line
+        return z
+
+    def __getattr__(self, name):  # exp, log, tanh, sqrt, where, abs, maximum, zeros_like, ...
+        return getattr(self.xp, name)
+
+
+class _TorchMath:
+    def __init__(self):
+        import torch
+
+        self.xp = torch
+
+    def sum(self, a, axis=None, keepdims=False):
+        return a.sum() if axis is None else a.sum(dim=axis, keepdim=keepdims)
+
+    def amax(self, a, axis=None, keepdims=False):
+        return a.amax() if axis is None else a.amax(dim=axis, keepdim=keepdims)
+
+    def permute(self, a, axes):
+        return a.permute(*axes)
+
+    def concat(self, arrays, axis):
+        return self.xp.cat(arrays, dim=axis)
+
+    def index_add(self, shape, like, index, g):
+        z = self.xp.zeros(shape, dtype=like.dtype, device=like.device)
+        return z.index_put_(index if isinstance(index, tuple) else (index,), g, accumulate=True) \
+            if not isinstance(index, slice) else z.__setitem__(index, g) or z
+
+    def astype_like(self, a, like):
+        return a.to(like.dtype) if hasattr(a, "to") else self.xp.as_tensor(a, dtype=like.dtype, device=like.device)
+
+    def asarray(self, v, like):
+        return self.xp.as_tensor(v, dtype=like.dtype, device=like.device)
+
+    def take_along(self, a, idx, axis):
+        return self.xp.take_along_dim(a, idx, dim=axis)
+
+    def put_along_add(self, shape, like, idx, g, axis):
+        z = self.xp.zeros(shape, dtype=like.dtype, device=like.device)
+        return z.scatter_add_(axis, idx, g)
+
+    def __getattr__(self, name):
+        return getattr(self.xp, name)
+
+
+_MATH: dict = {}
+
+
+def math_of(a):
+    key = "torch" if _arrays.is_torch(a) else "cupy" if _arrays.is_cupy(a) else "numpy"
+    m = _MATH.get(key)
+    if m is None:
+        if key == "torch":
+            m = _TorchMath()
+        elif key == "cupy":
+            import cupy
+
+            m = _NumpyMath(cupy)
+        else:
+            m = _NumpyMath(np)
+        _MATH[key] = m
+    return m
+
+
+def _sum_to(m, g, shape):
+    """Sum a broadcast gradient down to ``shape``."""
+    shape = tuple(shape)
+    if tuple(g.shape) == shape:
+        return g
+    lead = g.ndim - len(shape)
+    if lead:
+        g = m.sum(g, axis=tuple(range(lead)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and g.shape[i] != 1)
+    return m.sum(g, axis=axes, keepdims=True) if axes else g
+
+
+# ---------------------------------------------------------------------------------------------- the Tensor
+class Tensor:
+    """An array (NumPy, torch or CuPy) with a gradient.
+
+    Args:
+        data: an array, a Tensor, or anything ``np.asarray`` takes (Python floats become float32).
+        requires_grad: record operations on this tensor so `backward` can fill ``.grad``.
+
+    Example:
+        >>> x = dlcore.Tensor(np.random.randn(4, 3).astype("float32"), requires_grad=True)
+        >>> loss = dlcore.ops.mse_loss(x @ w, y); loss.backward(); x.grad.shape
+        (4, 3)
+    """
+
+    _is_dlcore_tensor = True
+    __array_priority__ = 1000  # numpy_array + tensor -> Tensor.__radd__
+    __slots__ = ("data", "grad", "requires_grad", "_node", "__weakref__")
+
+    def __init__(self, data, requires_grad=False):
+        if isinstance(data, Tensor):
+            data = data.data
+        elif not (isinstance(data, np.ndarray) or _arrays.is_torch(data) or _arrays.is_cupy(data)):
+            data = np.asarray(data)
+            if data.dtype.kind == "f":  # Python floats default to float32, as torch.tensor does
+                data = data.astype(np.float32)
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._node = None
+
+    # -- introspection ---------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self):
+        return math.prod(self.shape)
+
+    @property
+    def is_leaf(self):
+        return self._node is None
+
+    def __len__(self):
+        return self.shape[0]
+
+    def numpy(self):
+        """The data as a NumPy array (a view for NumPy and torch-CPU data, a copy from the GPU)."""
+        return _arrays.from_native(_arrays.to_native(self.data, "numpy"), "numpy")
+
+    def item(self):
+        return self.data.item()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        fn = f", grad_fn={self._node.name}" if self._node is not None else ""
+        return f"Tensor({self.data!r}{grad}{fn})"
+
+    def detach(self):
+        return Tensor(self.data)
+
+    def zero_grad(self):
+        self.grad = None
+
+    # -- the engine ---------------------------------------------------------------------------------
+    def backward(self, grad=None):
+        """Accumulate d(self)/d(leaf) into ``.grad`` of every leaf that requires grad.
+
+        Args:
+            grad: upstream gradient of ``self``'s shape; may be omitted for a single-element tensor.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad (and has no graph)")
+        m = math_of(self.data)
+        if grad is None:
+            if self.size != 1:
+                raise RuntimeError(f"grad can be implicitly created only for scalar outputs, got shape {self.shape}")
+            grad = m.ones_like(self.data)
+        elif isinstance(grad, Tensor):
+            grad = grad.data
+        order = _topological(self)
+        grads = {id(self): grad}
+        for t in reversed(order):
+            g = grads.pop(id(t), None)
+            if g is None:
+                continue
+            if t._node is None:
+                if t.requires_grad:
+                    t.grad = g if t.grad is None else t.grad + g
+                continue
+            for parent, pg in zip(t._node.parents, t._node.backward(g)):
+                if parent is None or pg is None or not parent.requires_grad:
+                    continue
+                key = id(parent)
+                grads[key] = pg if key not in grads else grads[key] + pg
+
+    # -- operators ----------------------------------------------------------------------------------
+    def __add__(self, o):
+        return _apply("add", self, o)
+
+    def __radd__(self, o):
+        return _apply("add", o, self)
+
+    def __sub__(self, o):
+        return _apply("sub", self, o)
+
+    def __rsub__(self, o):
+        return _apply("sub", o, self)
+
+    def __mul__(self, o):
+        return _apply("mul", self, o)
+
+    def __rmul__(self, o):
+        return _apply("mul", o, self)
+
+    def __truediv__(self, o):
+        return _apply("div", self, o)
+
+    def __rtruediv__(self, o):
+        return _apply("div", o, self)
+
+    def __neg__(self):
+        return _apply("neg", self)
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, Tensor):
+            raise TypeError("Tensor ** Tensor is not supported; use exp(log(x) * y)")
+        return _apply("pow", self, exponent=float(exponent))
+
+    def __matmul__(self, o):
+        from dlcore import ops
+
+        return ops.matmul(self, _as_tensor(o, self))
+
+    def __rmatmul__(self, o):
+        from dlcore import ops
+
+        return ops.matmul(_as_tensor(o, self), self)
+
+    def __getitem__(self, index):
+        if isinstance(index, Tensor):
+            index = index.data
+        return _apply("getitem", self, index=index)
+
+    # comparisons give plain (non-differentiable) boolean arrays
+    def __lt__(self, o):
+        return self.data < _data(o)
+
+    def __le__(self, o):
+        return self.data <= _data(o)
+
+    def __gt__(self, o):
+        return self.data > _data(o)
+
+    def __ge__(self, o):
+        return self.data >= _data(o)
+
+    # -- methods --------------------------------------------------------------------------------------
+    def sum(self, dim=None, keepdim=False):
+        return _apply("sum", self, axis=_axes(dim), keepdims=keepdim)
+
+    def mean(self, dim=None, keepdim=False):
+        return _apply("mean", self, axis=_axes(dim), keepdims=keepdim)
+
+    def max(self, dim=None, keepdim=False):
+        return _apply("max", self, axis=_axes(dim), keepdims=keepdim)
+
+    def reshape(self, *shape):
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return _apply("reshape", self, shape=shape)
+
+    view = reshape
+
+    def flatten(self, start_dim=0):
+        return self.reshape(self.shape[:start_dim] + (-1,))
+
+    def permute(self, *axes):
+        axes = tuple(axes[0]) if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        return _apply("permute", self, axes=tuple(a % self.ndim for a in axes))
+
+    def transpose(self, d0=-2, d1=-1):
+        axes = list(range(self.ndim))
+        axes[d0], axes[d1] = axes[d1], axes[d0]
+        return self.permute(axes)
+
+    @property
+    def T(self):
+        return self.permute(tuple(reversed(range(self.ndim))))
+
+    def exp(self):
+        return _apply("exp", self)
+
+    def log(self):
+        return _apply("log", self)
+
+    def tanh(self):
+        return _apply("tanh", self)
+
+    def sigmoid(self):
+        return _apply("sigmoid", self)
+
+    def sqrt(self):
+        return _apply("pow", self, exponent=0.5)
+
+    def abs(self):
+        return _apply("abs", self)
+
+    def relu(self):
+        from dlcore import ops
+
+        return ops.relu(self)
+
+    def softmax(self, dim=-1):
+        from dlcore import ops
+
+        return ops.softmax(self, dim)
+
+    def log_softmax(self, dim=-1):
+        from dlcore import ops
+
+        return ops.log_softmax(self, dim)
+
+    def gather(self, dim, index):
+        """``out[i][j] = self[i][index[i][j]]`` along ``dim`` (torch.gather)."""
+        return _apply("gather", self, axis=dim % self.ndim, index=_data(index))
+
+
+def _data(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _axes(dim):
+    if dim is None:
+        return None
+    return tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+
+
+def _as_tensor(x, like):
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (int, float)):
+        return Tensor(math_of(like.data).asarray(x, like.data))
+    return Tensor(x)
+
+
+def _topological(root):
+    order, seen, stack = [], set(), [(root, False)]
+    while stack:
+        t, done = stack.pop()
+        if done:
+            order.append(t)
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stack.append((t, True))
+        if t._node is not None:
+            for p in t._node.parents:
+                if p is not None and id(p) not in seen:
+                    stack.append((p, False))
+    return order
+
+
+def tensor(data, requires_grad=False):
+    return Tensor(data, requires_grad)
+
+
+def cat(tensors, dim=0):
+    """Concatenate Tensors along ``dim``."""
+    return _apply_many("cat", list(tensors), axis=dim)
+
+
+def stack(tensors, dim=0):
+    return cat([t.reshape(t.shape[:dim % (t.ndim + 1)] + (1,) + t.shape[dim % (t.ndim + 1):]) for t in tensors], dim)
+
+
+def where(condition, x, y):
+    """``x`` where ``condition`` else ``y``; gradients flow to x and y through the same selection."""
+    like = x if isinstance(x, Tensor) else y
+    return _apply("where", _as_tensor(x, like), _as_tensor(y, like), condition=_data(condition))
+
+
+# ---------------------------------------------------------------------------------------------- glue rules
+# name: (forward(m, *arrays, **params) -> out, backward(m, g, out, *arrays, **params) -> grads per input)
+def _unbroadcast(fn):
+    def bwd(m, g, out, a, b, **p):
+        ga, gb = fn(m, g, out, a, b, **p)
+        return (None if ga is None else _sum_to(m, ga, a.shape), None if gb is None else _sum_to(m, gb, b.shape))
+
+    return bwd
+
+
+def _getitem_bwd(m, g, out, a, index):
+    if isinstance(index, (int, slice)) or (isinstance(index, tuple) and all(isinstance(i, (int, slice)) or i is None
+                                                                            or i is Ellipsis for i in index)):
+        z = m.zeros_like(a)
+        z[index] = g
+        return (z,)
+    return (m.index_add(tuple(a.shape), a, index, g),)
+
+
+def _reduce_bwd(m, g, a, axis, keepdims):
+    if axis is not None and not keepdims:
+        for ax in sorted(x % a.ndim for x in axis):
+            g = g.reshape(tuple(g.shape[:ax]) + (1,) + tuple(g.shape[ax:]))
+    return g
+
+
+def _inverse(axes):
+    inv = [0] * len(axes)
+    for i, a in enumerate(axes):
+        inv[a] = i
+    return tuple(inv)
+
+
+def _sigmoid(m, a):
+    return 1 / (1 + m.exp(-a))
+
+
+RULES = {
+    "add": (lambda m, a, b: a + b, _unbroadcast(lambda m, g, o, a, b: (g, g))),
+    "sub": (lambda m, a, b: a - b, _unbroadcast(lambda m, g, o, a, b: (g, -g))),
+    "mul": (lambda m, a, b: a * b, _unbroadcast(lambda m, g, o, a, b: (g * b, g * a))),
+    "div": (lambda m, a, b: a / b, _unbroadcast(lambda m, g, o, a, b: (g / b, -g * a / (b * b)))),
+    "neg": (lambda m, a: -a, lambda m, g, o, a: (-g,)),
+    "pow": (lambda m, a, exponent: a ** exponent,
+            lambda m, g, o, a, exponent: (g * exponent * a ** (exponent - 1),)),
+    "exp": (lambda m, a: m.exp(a), lambda m, g, o, a: (g * o,)),
+    "log": (lambda m, a: m.log(a), lambda m, g, o, a: (g / a,)),
+    "tanh": (lambda m, a: m.tanh(a), lambda m, g, o, a: (g * (1 - o * o),)),
+    "sigmoid": (_sigmoid, lambda m, g, o, a: (g * o * (1 - o),)),
+    "abs": (lambda m, a: m.abs(a), lambda m, g, o, a: (g * m.sign(a),)),
+    "sum": (lambda m, a, axis, keepdims: m.sum(a, axis=axis, keepdims=keepdims),
+            lambda m, g, o, a, axis, keepdims: (m.zeros_like(a) + _reduce_bwd(m, g, a, axis, keepdims),)),
+    "mean": (lambda m, a, axis, keepdims: m.sum(a, axis=axis, keepdims=keepdims) / _count(a, axis),
+             lambda m, g, o, a, axis, keepdims: (
+                 m.zeros_like(a) + _reduce_bwd(m, g, a, axis, keepdims) / _count(a, axis),)),
+    "max": (lambda m, a, axis, keepdims: m.amax(a, axis=axis, keepdims=keepdims),
+            lambda m, g, o, a, axis, keepdims: (
+                _max_bwd(m, _reduce_bwd(m, g, a, axis, keepdims), _reduce_bwd(m, o, a, axis, keepdims), a, axis),)),
+    "reshape": (lambda m, a, shape: a.reshape(shape), lambda m, g, o, a, shape: (g.reshape(a.shape),)),
+    "permute": (lambda m, a, axes: m.permute(a, axes), lambda m, g, o, a, axes: (m.permute(g, _inverse(axes)),)),
+    "getitem": (lambda m, a, index: a[index], _getitem_bwd),
+    "gather": (lambda m, a, axis, index: m.take_along(a, index, axis),
+               lambda m, g, o, a, axis, index: (m.put_along_add(tuple(a.shape), a, index, g, axis),)),
+    "where": (lambda m, a, b, condition: m.where(condition, a, b),
+              lambda m, g, o, a, b, condition: (_sum_to(m, m.where(condition, g, 0 * g), a.shape),
+                                                _sum_to(m, m.where(condition, 0 * g, g), b.shape))),
+}
+
+
+def _count(a, axis):
+    """Elements averaged by a mean over ``axis`` (NaN for none, as torch's mean of an empty tensor)."""
+    n = math.prod(a.shape) if axis is None else math.prod(a.shape[x] for x in axis)
+    return n if n else float("nan")
+
+
+def _max_bwd(m, g, o, a, axis):
+    hit = a == o  # ties share the gradient equally
+    hit = m.astype_like(hit, a)
+    count = m.sum(hit, axis=axis, keepdims=True) if axis is not None else m.sum(hit)
+    return hit * g / count
+
+
+def _apply(name, *inputs, **params):
+    tensors = [x for x in inputs if isinstance(x, Tensor)]
+    like = tensors[0].data
+    m = math_of(like)
+    arrays = [x.data if isinstance(x, Tensor) else (m.asarray(x, like) if isinstance(x, (int, float)) else x)
+              for x in inputs]
+    fwd, bwd = RULES[name]
+    out = fwd(m, *arrays, **params)
+    result = Tensor(out)
+    if is_grad_enabled() and any(t.requires_grad for t in tensors):
+        parents = tuple(x if isinstance(x, Tensor) and x.requires_grad else None for x in inputs)
+        result.requires_grad = True
+        result._node = Node(parents, lambda g: bwd(m, g, out, *arrays, **params), name)
+    return result
+
+
+def _apply_many(name, tensors, axis):
+    m = math_of(tensors[0].data)
+    arrays = [t.data for t in tensors]
+    out = m.concat(arrays, axis)
+    result = Tensor(out)
+    if is_grad_enabled() and any(t.requires_grad for t in tensors):
+        sizes = [a.shape[axis] for a in arrays]
+
+        def bwd(g):
+            grads, start = [], 0
+            for s in sizes:
+                idx = [slice(None)] * g.ndim
+                idx[axis] = slice(start, start + s)
+                grads.append(g[tuple(idx)])
+                start += s
+            return grads
+
+        result.requires_grad = True
+        result._node = Node(tuple(t if t.requires_grad else None for t in tensors), bwd, name)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- hot ops
+def apply_op(call, forward, backward, arrays, params):
+    """Run a dlcore.ops forward/backward pair on Tensors: the result records a Node whose backward calls
+    the op's fused backward kernel."""
+    needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in arrays)
+    record = is_grad_enabled() and any(needs)
+    call.grad_needed = record
+    out, saved = forward(call, *(call.to_native(a) for a in arrays), **params)
+    result = Tensor(call.from_native(out))
+    if record:
+        def bwd(g):
+            grads = backward(call, saved, call.to_native(g), needs, **params)
+            return [call.from_native(x) if (x is not None and n) else None for x, n in zip(grads, needs)]
+
+        result.requires_grad = True
+        result._node = Node(tuple(a if n else None for a, n in zip(arrays, needs)), bwd, call.op)
+    return result
