@@ -63,7 +63,7 @@ def trand(shape, dtype, seed=0, scale=1.0):
     """A standard-normal torch tensor on the test device, drawn in float64 then cast to ``dtype``."""
     import torch
 
-    return torch.from_numpy(rand(shape, np.float64, seed=seed, scale=scale)).to(device=device(), dtype=dtype)
+    return torch.from_numpy(np.asarray(rand(shape, np.float64, seed=seed, scale=scale))).to(device=device(), dtype=dtype)
 
 
 def upcast(t):

@@ -5,8 +5,8 @@ require_triton()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from dlcore.kernels.triton import softmax as tk  # noqa: E402
+
 from tests._compare import assert_close  # noqa: E402
 from tests.kernels.triton._helpers import device, float_dtypes, tol, trand, upcast  # noqa: E402
 
