@@ -94,7 +94,9 @@ class _NumpyMath:
 
     def put_along_add(self, shape, like, idx, g, axis):
         z = self.xp.zeros(shape, dtype=like.dtype)
-        self.xp.put_along_axis(z, idx, g, axis=axis)  # indices along an axis are unique per line
+        where = list(self.xp.indices(idx.shape, sparse=True))
+        where[axis] = idx
+        self.xp.add.at(z, tuple(where), g)  # accumulates where an index repeats along a line
         return z
 
     def __getattr__(self, name):  # exp, log, tanh, sqrt, where, abs, maximum, zeros_like, ...

@@ -86,6 +86,16 @@ def _prepare(op, query, key, value, attn_mask, is_causal, scale, backend, extra=
     return call, dict(is_causal=bool(is_causal), scale=scale, batch=tuple(batch))
 
 
+def _grad_mode_on(a) -> bool:
+    if _arrays.is_torch(a):
+        import torch
+
+        return torch.is_grad_enabled()
+    from dlcore.autograd import is_grad_enabled
+
+    return is_grad_enabled()
+
+
 def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=False, scale=None, *, backend=None):
     """Fused attention ``softmax(q k^T * scale + mask) v``, as ``torch.nn.functional.scaled_dot_product_attention``.
 
@@ -99,8 +109,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
         ``(..., L, Ev)``. Memory beyond the output is O(L) (a log-sum-exp per query row), never O(L*S).
         A query row whose keys are all masked out gives zeros (torch's CPU kernels do the same), and its
         gradients are zero. Masked-out keys never touch the result, even when they hold NaN or inf.
+
+    Raises:
+        NotImplementedError: ``attn_mask`` requires grad (no gradient w.r.t. the mask; detach it).
     """
     call, params = _prepare("scaled_dot_product_attention", query, key, value, attn_mask, is_causal, scale, backend)
+    if getattr(attn_mask, "requires_grad", False) and _grad_mode_on(attn_mask):
+        raise NotImplementedError("scaled_dot_product_attention: the fused kernel gives no gradient w.r.t. a float "
+                                  "attn_mask (it never forms the (L, S) score matrix); pass attn_mask.detach()")
     return call.apply(_fwd, _bwd, (query, key, value, attn_mask), **params)
 
 

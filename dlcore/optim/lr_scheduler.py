@@ -48,15 +48,14 @@ class StepLR(_Scheduler):
 
 
 class CosineAnnealingLR(_Scheduler):
-    """Cosine from the base lr down to ``eta_min`` over ``T_max`` steps (torch's closed form)."""
+    """Cosine from the base lr down to ``eta_min`` over ``T_max`` steps, rising again after (torch's form)."""
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
         self.T_max, self.eta_min = T_max, eta_min
         super().__init__(optimizer)
 
     def lr_at(self, base, epoch):
-        t = min(epoch, self.T_max)
-        return self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
+        return self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
 
 
 class LinearWarmup(_Scheduler):

@@ -129,15 +129,20 @@ def test_missing_op_falls_back_visibly(monkeypatch):
 
 
 def test_import_is_light_and_fast():
-    code = ("import time, sys; t = time.perf_counter(); import dlcore; dt = time.perf_counter() - t; "
-            "print(dt, 'torch' in sys.modules, 'numba' in sys.modules)")
-    times = []
+    """`import dlcore` loads neither torch nor numba, and adds little to NumPy's own import.
+
+    The total (NumPy included) is measured in bench/cold_start.py and quoted in the README; here we bound
+    dlcore's own share, which does not depend on how loaded the machine is as much as the total does.
+    """
+    code = ("import time, sys; t = time.perf_counter(); import numpy; t1 = time.perf_counter(); import dlcore; "
+            "t2 = time.perf_counter(); print(t1 - t, t2 - t1, 'torch' in sys.modules, 'numba' in sys.modules)")
+    own = []
     for _ in range(3):  # best of three: the first may pay for a cold file cache
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout.split()
-        times.append(float(out[0]))
-        assert out[1:] == ["False", "False"], "import dlcore must not import torch or numba"
-    assert min(times) < 0.5, f"import dlcore took {min(times):.2f}s"
+        own.append(float(out[1]))
+        assert out[2:] == ["False", "False"], "import dlcore must not import torch or numba"
+    assert min(own) < 0.15, f"import dlcore took {min(own):.2f}s on top of numpy"
 
 
 # ------------------------------------------------------------------ one op, one signature, every backend

@@ -96,7 +96,7 @@ def _matmul_samples(dtype, rng):
     cases = [((7, 5), (5, 3)), ((1, 1), (1, 1)), ((129, 7), (7, 9)), ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (5, 4, 6)),
              ((4,), (4, 3)), ((3, 4), (4,)), ((4,), (4,)), ((0, 4), (4, 3)), ((3, 0), (0, 2))]
     out = [Sample((_r(rng, a, dtype), _r(rng, b, dtype)), name=f"{a}@{b}") for a, b in cases]
-    out.append(Sample((_transposed(rng, (5, 7), dtype), _noncontig(rng, (5, 3), dtype)), name="views"))
+    out.append(Sample((_transposed(rng, (5, 7), dtype), _noncontig(rng, (7, 3), dtype)), name="views"))
     return _diff_all(out)
 
 
@@ -123,12 +123,15 @@ def _attention_samples(dtype, rng):
         Sample(qkv((2,), 5, 11, 8, 8), dict(is_causal=True), name="causal L<S"),
         Sample(qkv((2,), 11, 5, 8, 8), dict(is_causal=True), name="causal L>S"),
         Sample(qkv((2, 2), 7, 9, 8, 8) + (bool_mask,), name="bool mask"),
-        Sample(qkv((2,), 7, 9, 8, 8) + (_r(rng, (2, 7, 9), dtype),), name="float mask"),
+        Sample(qkv((2,), 7, 9, 8, 8) + (_r(rng, (2, 7, 9), dtype),), name="float mask"),  # no grad w.r.t. mask
         Sample(qkv((3,), 6, 130, 8, 8), dict(scale=0.3), name="S=130 scale"),
         Sample((_noncontig(rng, (2, 5, 8), dtype), _transposed(rng, (8, 6, 2), dtype).transpose(2, 1, 0),
                 _r(rng, (2, 6, 8), dtype)), name="views"),
     ]
-    return _diff_all(samples)
+    samples = _diff_all(samples)
+    for s in samples:
+        s.diff = tuple(i for i in s.diff if i < 3)  # the fused kernel gives no gradient w.r.t. attn_mask
+    return samples
 
 
 def _xent_samples(dtype, rng):

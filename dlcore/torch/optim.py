@@ -1,0 +1,269 @@
+"""torch.optim drop-ins whose step runs dlcore's fused update kernels (dlcore.ops.sgd_ / adam_ / adamw_).
+
+`AdamW`, `Adam` and `SGD` subclass torch's own classes, so they take the same constructor arguments, pass
+``isinstance(opt, torch.optim.AdamW)`` checks, work with LR schedulers, and keep torch's exact state layout
+(``state[p] = {'step': tensor(float32), 'exp_avg', 'exp_avg_sq'}`` / ``{'momentum_buffer'}``):
+``state_dict()`` from one loads into the other mid-training and the run continues with the same numbers.
+
+Only ``step()`` changes. Each parameter with a gradient is updated by one fused kernel call instead of
+torch's chain of elementwise ops; the arithmetic is torch's, operation by operation. What dlcore does not
+implement runs through torch's own step instead (counted in ``opt.dlcore_stats``):
+
+* groups with ``amsgrad``, ``maximize``, ``capturable`` or ``differentiable`` set;
+* parameters dlcore cannot take: complex, float16/bfloat16 on the CPU, a CUDA tensor when no dlcore GPU
+  backend (triton, cupy) is installed, a gradient of another dtype, and sparse gradients (SGD runs them
+  through torch; Adam/AdamW raise torch's own error).
+
+``foreach`` and ``fused`` choose between torch's implementations; dlcore replaces all of them, so both are
+accepted, kept in ``param_groups`` (for ``state_dict`` compatibility) and otherwise ignored.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from dlcore import _arrays, _dispatch
+from dlcore.ops import adam_, adamw_, sgd_
+
+_TORCH_ONLY_FLAGS = ("amsgrad", "maximize", "capturable", "differentiable")
+
+
+def _scalar_dtype():
+    # torch.optim keeps 'step' as a float32 CPU scalar (float64 when that is the default dtype)
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _increment_version(t) -> None:
+    """Mark ``t`` as modified in place, so autograd rejects graphs that saved its old value (a write
+    through a NumPy view does not do it by itself)."""
+    bump = getattr(torch.autograd.graph, "increment_version", None)
+    if bump is not None:
+        bump(t)
+    else:  # older torch
+        torch._C._increment_version(t)
+
+
+def _gpu_backend_available() -> bool:
+    return any(b in _dispatch.available_backends() for b in ("triton", "cupy"))
+
+
+def _param_unsupported(p, grad) -> str | None:
+    """Why dlcore cannot step this parameter (None when it can)."""
+    if grad.is_sparse:
+        return "sparse gradient"
+    if p.is_complex():
+        return "complex parameter"
+    if grad.dtype != p.dtype or grad.device != p.device:
+        return "gradient dtype or device differs from the parameter's"
+    if p.device.type == "cpu":
+        allowed = _arrays.CPU_FLOAT_DTYPES
+    elif p.device.type == "cuda" and _gpu_backend_available():
+        allowed = _arrays.FLOAT_DTYPES
+    else:
+        return f"no dlcore backend for {p.device.type} tensors"
+    if _arrays.dtype_name(p) not in allowed:
+        return f"dtype {_arrays.dtype_name(p)} on {p.device.type}"
+    return None
+
+
+def _torch_step_function(cls):
+    """torch's own (unhooked) step of ``cls``: the wrapper torch adds to run step hooks is peeled off, so
+    hooks run once, around dlcore's step."""
+    return inspect.unwrap(cls.step, stop=lambda f: not getattr(f, "hooked", False))
+
+
+class _DlcoreStep:
+    """The shared step loop; subclasses provide ``_torch_class`` and ``_update(group, p, grad)``."""
+
+    _torch_class: type = torch.optim.Optimizer
+
+    def _init_stats(self):
+        self._step_supports_amp_scaling = False  # torch sets it for fused=True; our step takes no grad_scale
+        self.dlcore_stats = {"dlcore": 0, "torch": 0, "reasons": {}}
+
+    def _fallback_reason(self, group) -> str | None:
+        for flag in _TORCH_ONLY_FLAGS:
+            if group.get(flag, False):
+                return f"{flag}=True"
+        return None
+
+    def _count(self, reason: str | None, n: int = 1):
+        if reason is None:
+            self.dlcore_stats["dlcore"] += n
+        else:
+            self.dlcore_stats["torch"] += n
+            reasons = self.dlcore_stats["reasons"]
+            reasons[reason] = reasons.get(reason, 0) + n
+
+    def step(self, closure=None):
+        """Perform one optimisation step with dlcore's fused kernels (torch's own step where noted).
+
+        Args:
+            closure: optional callable that re-evaluates the model and returns the loss.
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        torch_groups = []
+        with torch.no_grad():
+            for group in self.param_groups:
+                why = self._fallback_reason(group)
+                if why is not None:
+                    n = sum(p.grad is not None for p in group["params"])
+                    if n:
+                        torch_groups.append(group)
+                        self._count(why, n)
+                    continue
+                rest = []
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    why = _param_unsupported(p, p.grad)
+                    if why is not None:
+                        rest.append(p)
+                        self._count(why)
+                        continue
+                    self._update(group, p, p.grad.detach())
+                    _increment_version(p)  # as torch's in-place update would
+                    self._count(None)
+                if rest:
+                    torch_groups.append({**group, "params": rest})
+        if torch_groups:
+            self._torch_step(torch_groups)
+        return loss
+
+    def _torch_step(self, groups):
+        """Run torch's own step over ``groups`` (shallow copies or members of param_groups; state shared)."""
+        saved = self.param_groups
+        self.param_groups = groups
+        try:
+            _torch_step_function(self._torch_class)(self)
+        finally:
+            self.param_groups = saved
+
+
+def _adam_state(state, p):
+    if len(state) == 0:  # lazy init, exactly torch's layout (step lives on the CPU)
+        state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return state
+
+
+def _adam_update(group, p, grad, state, decoupled):
+    state = _adam_state(state, p)
+    step_t = state["step"]
+    step_t += 1
+    beta1, beta2 = group["betas"]
+    fn = adamw_ if decoupled else adam_
+    fn(p.detach(), grad, state["exp_avg"], state["exp_avg_sq"], step=float(step_t.item()), lr=float(group["lr"]),
+       beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]))
+
+
+class Adam(_DlcoreStep, torch.optim.Adam):
+    """`torch.optim.Adam` whose step runs dlcore's fused `adam_` kernel (one pass per parameter).
+
+    Constructor arguments and state layout are torch's (see `torch.optim.Adam`); ``decoupled_weight_decay=True``
+    gives AdamW's update. Groups with ``amsgrad``, ``maximize``, ``capturable`` or ``differentiable`` set,
+    and parameters dlcore cannot take (complex, CPU float16/bfloat16, CUDA without a dlcore GPU backend),
+    are stepped by torch's own implementation instead; ``foreach``/``fused`` are accepted and ignored.
+    ``self.dlcore_stats`` counts parameter updates done by each and the fallback reasons.
+
+    Args:
+        params: iterable of parameters or dicts defining parameter groups.
+        lr: learning rate (default 1e-3).
+        betas: coefficients of the running averages of the gradient and its square (default (0.9, 0.999)).
+        eps: added to the denominator (default 1e-8).
+        weight_decay: L2 penalty added to the gradient (default 0).
+        amsgrad, maximize, foreach, capturable, differentiable, fused, decoupled_weight_decay: as torch.
+
+    Example:
+        >>> opt = dlcore.torch.Adam(model.parameters(), lr=1e-3)
+        >>> loss.backward(); opt.step(); opt.zero_grad()
+    """
+
+    _torch_class = torch.optim.Adam
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, **kwargs):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)
+        self._init_stats()
+
+    def _update(self, group, p, grad):
+        _adam_update(group, p, grad, self.state[p], bool(group.get("decoupled_weight_decay", False)))
+
+
+class AdamW(_DlcoreStep, torch.optim.AdamW):
+    """`torch.optim.AdamW` whose step runs dlcore's fused `adamw_` kernel (one pass per parameter).
+
+    Constructor arguments and state layout are torch's (see `torch.optim.AdamW`): a ``state_dict()`` saved
+    by either class loads into the other and training continues with the same numbers. Groups with
+    ``amsgrad``, ``maximize``, ``capturable`` or ``differentiable`` set, and parameters dlcore cannot take
+    (complex, CPU float16/bfloat16, CUDA without a dlcore GPU backend), are stepped by torch's own
+    implementation instead; ``foreach``/``fused`` are accepted and ignored. ``self.dlcore_stats`` counts
+    parameter updates done by each and the fallback reasons.
+
+    Args:
+        params: iterable of parameters or dicts defining parameter groups.
+        lr: learning rate (default 1e-3).
+        betas: coefficients of the running averages of the gradient and its square (default (0.9, 0.999)).
+        eps: added to the denominator (default 1e-8).
+        weight_decay: decoupled decay, ``param *= 1 - lr * weight_decay`` each step (default 1e-2).
+        amsgrad, maximize, foreach, capturable, differentiable, fused: as torch.
+
+    Example:
+        >>> opt = dlcore.torch.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+        >>> opt.load_state_dict(torch_adamw.state_dict())   # continue a torch.optim.AdamW run
+    """
+
+    _torch_class = torch.optim.AdamW
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, **kwargs):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)
+        self._init_stats()
+
+    def _update(self, group, p, grad):
+        _adam_update(group, p, grad, self.state[p], True)
+
+
+class SGD(_DlcoreStep, torch.optim.SGD):
+    """`torch.optim.SGD` whose step runs dlcore's fused `sgd_` kernel (one pass per parameter).
+
+    Constructor arguments and state layout (``state[p] = {'momentum_buffer': tensor}`` once momentum is
+    non-zero) are torch's. Groups with ``maximize`` or ``differentiable`` set, sparse gradients, and
+    parameters dlcore cannot take (complex, CPU float16/bfloat16, CUDA without a dlcore GPU backend) are
+    stepped by torch's own implementation instead; ``foreach``/``fused`` are accepted and ignored.
+    ``self.dlcore_stats`` counts parameter updates done by each and the fallback reasons.
+
+    Args:
+        params: iterable of parameters or dicts defining parameter groups.
+        lr: learning rate (default 1e-3).
+        momentum: momentum factor (default 0).
+        dampening: dampening for momentum (default 0).
+        weight_decay: L2 penalty added to the gradient (default 0).
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
+        maximize, foreach, differentiable, fused: as torch.
+
+    Example:
+        >>> opt = dlcore.torch.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    """
+
+    _torch_class = torch.optim.SGD
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, **kwargs):
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, **kwargs)
+        self._init_stats()
+
+    def _update(self, group, p, grad):
+        momentum = float(group["momentum"])
+        # torch touches self.state[p] only when momentum != 0; so do we, so state_dict()s match exactly
+        buf = self.state[p].get("momentum_buffer") if momentum != 0 else None
+        new = sgd_(p.detach(), grad, buf, lr=float(group["lr"]), momentum=momentum,
+                   dampening=float(group["dampening"]), nesterov=bool(group["nesterov"]),
+                   weight_decay=float(group["weight_decay"]))
+        if momentum != 0:
+            self.state[p]["momentum_buffer"] = new

@@ -1,0 +1,123 @@
+"""dlcore's autograd engine against torch autograd: glue rules, hot ops through fused backward kernels,
+broadcasting, accumulation, no_grad and detach."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dlcore
+from dlcore import Tensor, ops
+from tests._compare import assert_close
+
+rng = np.random.default_rng(0)
+
+
+def pair(*shape, positive=False):
+    a = rng.standard_normal(shape)
+    if positive:
+        a = np.abs(a) + 0.5
+    return Tensor(a.copy(), requires_grad=True), torch.tensor(a, requires_grad=True)
+
+
+CASES = {
+    "add_broadcast": (lambda a, b: (a + b) * a, [(3, 4), (4,)]),
+    "sub_rsub": (lambda a, b: (2.0 - a) - b, [(3, 1), (1, 5)]),
+    "mul_div": (lambda a, b: a * b / (b * b + 1.0), [(2, 3), (2, 3)]),
+    "neg_pow": (lambda a: (-a) ** 3 + a ** 2, [(5,)]),
+    "exp_log": (lambda a: (a.exp() + 1.0).log(), [(4, 3)]),
+    "tanh_sigmoid": (lambda a: a.tanh() * a.sigmoid(), [(6,)]),
+    "sum_mean": (lambda a: a.sum(dim=0) * a.mean(dim=1, keepdim=True), [(3, 4)]),
+    "max": (lambda a: a.max(dim=1), [(3, 5)]),
+    "reshape_permute": (lambda a: a.reshape(2, 3, 4).permute(2, 0, 1).reshape(4, 6), [(6, 4)]),
+    "transpose_T": (lambda a: a.transpose(0, 1) @ a.T.T, [(3, 4)]),
+    "getitem_slice": (lambda a: a[1:, ::2] * 2.0, [(4, 6)]),
+    "matmul_batched": (lambda a, b: a @ b, [(2, 3, 4), (4, 5)]),
+    "softmax": (lambda a: a.softmax(-1) * a, [(3, 7)]),
+    "log_softmax": (lambda a: a.log_softmax(0), [(4, 3)]),
+    "relu": (lambda a: a.relu() + a, [(9,)]),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_rules_match_torch_autograd(name):
+    fn, shapes = CASES[name]
+    ours, theirs = zip(*(pair(*s) for s in shapes))
+    # the Tensor methods share torch's names; only max returns (values, indices) in torch
+    torch_fn = (lambda a: a.max(dim=1).values) if name == "max" else fn
+    out, ref = fn(*ours), torch_fn(*theirs)
+    assert_close(out.data, ref)
+    g = rng.standard_normal(tuple(ref.shape))
+    out.backward(g)
+    ref.backward(torch.from_numpy(g))
+    for a, b in zip(ours, theirs):
+        assert_close(a.grad, b.grad, msg=name)
+
+
+def test_integer_indexing_gather_cat_where():
+    a, ta = pair(5, 3)
+    idx = np.array([0, 2, 2, 4])
+    out = a[idx] * 2.0
+    ref = ta[torch.from_numpy(idx)] * 2.0
+    gidx = rng.integers(0, 3, size=(5, 2))
+    out2 = a.gather(1, gidx)
+    ref2 = ta.gather(1, torch.from_numpy(gidx))
+    out3 = dlcore.cat([a, a * 3.0], dim=1)
+    ref3 = torch.cat([ta, ta * 3.0], 1)
+    cond = rng.random((5, 3)) > 0.5
+    out4 = dlcore.where(cond, a, a * a)
+    ref4 = torch.where(torch.from_numpy(cond), ta, ta * ta)
+    total = out.sum() + out2.sum() + (out3 * out3).sum() + out4.sum()
+    ref_total = ref.sum() + ref2.sum() + (ref3 * ref3).sum() + ref4.sum()
+    assert_close(total.data, ref_total)
+    total.backward()
+    ref_total.backward()
+    assert_close(a.grad, ta.grad)
+
+
+def test_hot_ops_use_fused_backward_on_tensors():
+    x, tx = pair(6, 5)
+    t = rng.integers(0, 5, 6)
+    loss = ops.cross_entropy(x, t, label_smoothing=0.1)
+    ref = torch.nn.functional.cross_entropy(tx, torch.from_numpy(t), label_smoothing=0.1)
+    assert loss._node.name == "cross_entropy"
+    loss.backward()
+    ref.backward()
+    assert_close(x.grad, tx.grad)
+
+
+def test_gradients_accumulate_across_backward_calls_and_paths():
+    a, ta = pair(3)
+    for _ in range(2):
+        ((a * a).sum() + a.sum()).backward()
+        ((ta * ta).sum() + ta.sum()).backward()
+    assert_close(a.grad, ta.grad)
+
+
+def test_no_grad_detach_and_errors():
+    a, _ = pair(3)
+    with dlcore.no_grad():
+        b = a * 2.0
+    assert not b.requires_grad and b._node is None
+    c = a.detach() * 2.0
+    assert not c.requires_grad
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        c.sum().backward()
+    with pytest.raises(RuntimeError, match="scalar outputs"):
+        (a * 2.0).backward()
+
+
+def test_tensor_over_torch_data():
+    t = torch.randn(4, 3, dtype=torch.float64)
+    a = Tensor(t, requires_grad=True)
+    out = ops.softmax(a * 2.0, dim=-1).sum(dim=0)
+    out.backward(torch.ones(3, dtype=torch.float64))
+    ref = t.clone().requires_grad_(True)
+    torch.softmax(ref * 2.0, -1).sum(0).backward(torch.ones(3, dtype=torch.float64))
+    assert isinstance(a.grad, torch.Tensor)
+    assert_close(a.grad, ref.grad)
+
+
+def test_python_floats_default_to_float32():
+    assert Tensor([1.0, 2.0]).dtype == np.float32
+    assert Tensor([1, 2]).dtype == np.int64
