@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements/constraints-dev.txt
 ## The whole suite: CPU backends vs torch, then every Triton kernel through TRITON_INTERPRET=1.
 test: $(STAMP)
 	$(PYTEST) -q -m "not slow and not gpu" --ignore=tests/kernels/triton
-	TRITON_INTERPRET=1 $(PYTEST) -q -m "not slow and not gpu" tests/kernels/triton
+	TRITON_INTERPRET=1 $(PYTEST) -q -m "not slow and not gpu" tests/kernels/triton tests/dlcore/ops/test_triton_backend.py
 
 ## Quality runs of the task models (minutes).
 test-slow: $(STAMP)

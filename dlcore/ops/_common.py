@@ -96,7 +96,6 @@ def _bridge():
             call = ctx.call
             needs = ctx.needs_input_grad[4:]
             grads = ctx.backward(call, ctx.saved, call.to_native(grad), needs, **ctx.params)
-            ctx.saved = None  # free the saved arrays as torch would
             return (None, None, None, None) + tuple(
                 call.from_native(g) if (g is not None and n) else None for g, n in zip(grads, needs)
             )

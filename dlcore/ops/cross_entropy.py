@@ -37,12 +37,15 @@ def _fwd(call, x, t, *, ignore_index, reduction, label_smoothing):
     loss, grad = call.k.cross_entropy_forward(x2, t2, ignore_index, label_smoothing, reduction, call.grad_needed)
     if reduction == "none":
         loss = loss.reshape(tuple(t.shape))
-    return loss, (x2, t2, grad, tuple(x.shape))
+    # the fused gradient is consumed (scaled in place) by the first backward; a second backward over a
+    # retained graph finds the holder empty and recomputes with the backward kernel
+    return loss, (x2, t2, {"fused": grad}, tuple(x.shape))
 
 
 def _bwd(call, saved, grad, needs, *, ignore_index, reduction, label_smoothing):
-    x2, t2, fused, shape = saved
+    x2, t2, holder, shape = saved
     ns = call.ns
+    fused = holder.pop("fused", None)
     if fused is not None:
         # the forward pass already wrote d(loss)/d(logits) for an upstream gradient of 1: scale in place
         g = ns.contiguous(grad).reshape((-1, 1)) if reduction == "none" else grad
@@ -114,7 +117,7 @@ def cross_entropy_backward(grad_output, input, target, ignore_index=-100, reduct
                     {"grad_output": grad_output})
     x, t = call.to_native(input), call.to_native(target)
     x2, t2 = _rows(call.ns, x, t)
-    saved = (x2, t2, None, tuple(x.shape))
+    saved = (x2, t2, {}, tuple(x.shape))
     gx, _ = _bwd(call, saved, call.to_native(grad_output), (True, False), ignore_index=int(ignore_index),
                  reduction=reduction, label_smoothing=float(label_smoothing))
     return call.from_native(gx)

@@ -20,6 +20,10 @@ def _shares_memory(a, b) -> bool:
         if a.device.type != "cpu":
             return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
         a, b = a.numpy(), b.numpy()
+    if _arrays.is_cupy(a):
+        import cupy
+
+        return bool(cupy.shares_memory(a, b))
     return bool(np.shares_memory(a, b))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import itertools
 import math
 import sys
 import time
@@ -52,6 +53,15 @@ def _gym():
     return gymnasium
 
 
+def _remakeable(gym, spec):
+    """Whether ``gymnasium.make(spec)`` works (a registered id with re-creatable wrappers)."""
+    try:
+        gym.make(spec).close()
+    except Exception:  # noqa: BLE001 - not re-creatable from its spec: the caller copies the instance instead
+        return False
+    return True
+
+
 def _env_factory(env, env_kwargs):
     """A zero-argument callable that builds one fresh copy of ``env`` (an id or an `Env` instance)."""
     gym = _gym()
@@ -64,12 +74,8 @@ def _env_factory(env, env_kwargs):
             spec = env.spec
         except Exception:  # noqa: BLE001 - a wrapper that cannot describe itself: fall back to copying
             spec = None
-        if spec is not None:
-            try:
-                gym.make(spec).close()
-                return lambda: gym.make(spec)
-            except Exception:  # noqa: BLE001 - not re-creatable from its spec: copy the instance instead
-                pass
+        if spec is not None and _remakeable(gym, spec):
+            return lambda: gym.make(spec)
         try:
             copy.deepcopy(env)
         except Exception as e:  # noqa: BLE001
@@ -211,7 +217,7 @@ def _mlp(sizes, activation, rng, head_gain):
     nn_init._rng = np.random.default_rng(0)
     try:
         layers = []
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
             last = i == len(sizes) - 2
             lin = Linear(fan_in, fan_out)
             lin.weight = Parameter(_orthogonal((fan_out, fan_in), head_gain if last else math.sqrt(2.0), rng))

@@ -45,6 +45,7 @@ def seeded_init(seed: int):
 
 # ------------------------------------------------------------------------------------------------ threads
 PARALLEL_WORK = 1 << 18  # rows x widest layer per batch below which training runs on one thread
+_controller = None  # threadpoolctl's view of the loaded BLAS/OpenMP libraries, made on first use
 
 
 @contextlib.contextmanager
@@ -60,14 +61,17 @@ def limit_threads(work):
     if work >= PARALLEL_WORK:
         yield
         return
-    from threadpoolctl import threadpool_limits
+    global _controller
+    if _controller is None:  # scanning the loaded libraries costs ~10 ms: do it once
+        from threadpoolctl import ThreadpoolController
 
+        _controller = ThreadpoolController()
     try:
         import numba
     except ImportError:  # pragma: no cover - numba is a dependency, but the NumPy backend runs without it
         numba = None
     saved = numba.get_num_threads() if numba is not None else None
-    with threadpool_limits(limits=1):
+    with _controller.limit(limits=1):
         if numba is not None:
             numba.set_num_threads(1)
         try:

@@ -115,6 +115,7 @@ class Regressor(RegressorMixin, _MLPEstimator):
 
     def predict(self, X):
         """Predicted targets, ``(n_samples,)`` or ``(n_samples, n_targets)`` like the y given to fit."""
+        check_is_fitted(self, "model_")
         pred = self.y_scaler_.inverse_transform(self._raw(X))
         return pred.ravel() if self._y_1d else pred
 
@@ -172,6 +173,10 @@ class Classifier(ClassifierMixin, _MLPEstimator):
         Returns:
             self.
         """
+        shape = getattr(y, "shape", None) if not isinstance(y, (list, tuple)) else np.shape(y)
+        if shape is not None and len(shape) == 2 and shape[1] > 1:
+            raise ValueError(f"Classifier takes one label per sample; got y of shape {tuple(shape)} "
+                             "(use dlcore.tasks.Tagger for multi-label targets)")
         X, y = self._validate_fit(X, y, multi_output=False)
         check_classification_targets(y)
         kind = type_of_target(y)
@@ -192,6 +197,7 @@ class Classifier(ClassifierMixin, _MLPEstimator):
 
     def predict(self, X):
         """The most probable class label of each sample."""
+        check_is_fitted(self, "model_")
         return self.classes_[np.argmax(self._raw(X), axis=1)]
 
     def __sklearn_tags__(self):
@@ -276,6 +282,7 @@ class Tagger(ClassifierMixin, _MLPEstimator):
 
     def predict_proba(self, X):
         """Tag probabilities ``(n_samples, n_tags)``; for 1-D y, class probabilities ``(n_samples, n_classes)``."""
+        check_is_fitted(self, "model_")
         p = _base.sigmoid(self._raw(X))
         if self._multilabel:
             return p
@@ -285,6 +292,7 @@ class Tagger(ClassifierMixin, _MLPEstimator):
 
     def predict(self, X):
         """A 0/1 tag matrix ``(n_samples, n_tags)``; for 1-D y, the label with the highest score."""
+        check_is_fitted(self, "model_")
         z = self._raw(X)
         if self._multilabel:
             return (_base.sigmoid(z) >= self.threshold).astype(self._y_dtype)

@@ -226,16 +226,19 @@ def test_bce_with_logits_extremes(backend):
 def test_layer_norm_degenerate_rows(backend):
     for x in (np.full((2, 8), 3.0, np.float32), r(3, 1), (1e4 + r(4, 64, scale=1e-2)).astype(np.float32)):
         d = x.shape[-1]
-        xt, ot = T(x, grad=True), T(x, grad=True)
+        # the truth is float64 maths on the same float32 inputs: at mean 1e4 the noise is ~10 float32 ulps,
+        # and torch's float32 kernel itself is off by a few percent there
+        xt = T(x.astype(np.float64), grad=True)
+        ot = T(x, grad=True)
         ref = F.layer_norm(xt, (d,))
         got = ops.layer_norm(ot, (d,), backend=backend)
         assert np.isfinite(got.detach().numpy()).all()
-        # mean 1e4 with 1e-2 noise: float32 keeps ~3 significant digits of the deviation; torch too
-        assert_close(got, ref, rtol=1e-3, atol=2e-3 if x.mean() > 100 else 1e-5)
-        g = torch.from_numpy(r(*x.shape))
-        ref.backward(g)
-        got.backward(g)
+        assert_close(got, ref.float(), rtol=1e-3, atol=2e-3 if x.mean() > 100 else 1e-5)
+        g = r(*x.shape)
+        ref.backward(torch.from_numpy(g.astype(np.float64)))
+        got.backward(torch.from_numpy(g))
         assert np.isfinite(ot.grad.numpy()).all()
+        assert_close(ot.grad, xt.grad.float(), rtol=1e-3, atol=2e-3 if x.mean() > 100 else 1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -377,4 +380,6 @@ def test_no_numba_kernel_assumes_no_nan_or_inf():
         if name.endswith(".py"):
             src = open(os.path.join(root, name)).read()
             assert not re.search(r"fastmath\s*=\s*True", src), f"{name}: fastmath=True implies nnan/ninf"
-            assert "nnan" not in src and "ninf" not in src, f"{name}: nnan/ninf flags break -inf masking and NaN"
+            # the flags appear quoted in a fastmath={...} set; prose that names them is fine
+            assert not re.search(r"""["'](nnan|ninf|fast)["']""", src), \
+                f"{name}: nnan/ninf flags break -inf masking and NaN"
