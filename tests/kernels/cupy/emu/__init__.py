@@ -1,0 +1,1 @@
+"""CPU emulation of CuPy kernels for the cupy backend's tests (see fake_cupy.py)."""
