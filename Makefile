@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dlcore-installed
 PYTEST := $(PY) -m pytest
 
-.PHONY: test test-fast test-triton test-slow bench gpu-check lint clean-cache
+.PHONY: test test-slow test-boundscheck demo bench cold-start gpu-check lint
 
 $(STAMP): pyproject.toml requirements/constraints-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,19 @@ test: $(STAMP)
 ## Quality runs of the task models (minutes).
 test-slow: $(STAMP)
 	$(PYTEST) -q -m slow
+
+## RELIABILITY 21: the kernel tests with Numba's bounds checks on (its own cache, so every kernel recompiles).
+test-boundscheck: $(STAMP)
+	NUMBA_BOUNDSCHECK=1 NUMBA_CACHE_DIR=$(CURDIR)/.numba-boundscheck $(PYTEST) -q -m "not slow and not gpu" \
+		tests/kernels --ignore=tests/kernels/triton
+
+## One short script per problem type; each prints its metric beside a baseline and saves a PNG in examples/out.
+demo: $(STAMP)
+	for f in examples/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+## Import time and first-call times, cold and warm Numba cache.
+cold-start: $(STAMP)
+	$(PY) -m bench.cold_start
 
 ## Benchmarks: writes bench/RESULTS.md and bench/results.png, prints the table.
 bench: $(STAMP)

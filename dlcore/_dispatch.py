@@ -76,7 +76,7 @@ BACKENDS = {
                 "fused, parallel Numba CPU kernels"),
         Backend("triton", ("torch_cuda",), "torch", ("triton", "torch"), "pip install 'dlcore[triton]'",
                 "Triton GPU kernels on torch tensors"),
-        Backend("cupy", ("cupy", "torch_cuda"), "cupy", ("cupy",), "pip install cupy-cuda12x (or -cuda13x)",
+        Backend("cupy", ("cupy", "torch_cuda"), "cupy", ("cupy",), "pip install cupy-cuda13x (or the build for your CUDA)",
                 "CuPy RawKernels and cuBLAS on CuPy arrays"),
     )
 }
