@@ -82,13 +82,19 @@ def _pretty(kind: str) -> str:
             "cupy": "CuPy array"}[kind]
 
 
+_DTYPE_NAMES: dict = {}
+
+
 def dtype_name(a) -> str:
     """'float32', 'int64', 'bool', ... for any array kind."""
     if is_dlcore_tensor(a):
         a = a.data
-    if is_torch(a):
-        return str(a.dtype).removeprefix("torch.")
-    return np.dtype(a.dtype).name
+    dt = a.dtype
+    name = _DTYPE_NAMES.get(dt)
+    if name is None:  # np.dtype.name is a slow property; every op asks several times per call
+        name = str(dt).removeprefix("torch.") if is_torch(a) else np.dtype(dt).name
+        _DTYPE_NAMES[dt] = name
+    return name
 
 
 def to_native(a, native: str):

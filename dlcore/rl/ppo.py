@@ -553,8 +553,13 @@ class PPO:
         self.rng = np.random.default_rng(random_state)
         self.envs = make_vec_env(env, n_envs, env_kwargs)
         self.n_envs = int(self.envs.num_envs)
-        self._obs = _ObsEncoder(self.envs.single_observation_space)
-        self._act = _ActionSpace(self.envs.single_action_space)
+        try:
+            self._obs = _ObsEncoder(self.envs.single_observation_space)
+            self._act = _ActionSpace(self.envs.single_action_space)
+        except TypeError:
+            if self.envs is not env:
+                self.envs.close()
+            raise
         self.observation_space = self.envs.single_observation_space
         self.action_space = self.envs.single_action_space
 
