@@ -19,7 +19,17 @@ from dlcore.tasks.unsupervised import AutoEncoder, KMeans, MaskedPretrainer
 
 _SEQUENCE = ("SequenceClassifier", "LanguageModel", "Forecaster")
 
-__all__ = ["Regressor", "Classifier", "Tagger", "KMeans", "AutoEncoder", "MaskedPretrainer", *_SEQUENCE]
+__all__ = [
+    "AutoEncoder",
+    "Classifier",
+    "Forecaster",
+    "KMeans",
+    "LanguageModel",
+    "MaskedPretrainer",
+    "Regressor",
+    "SequenceClassifier",
+    "Tagger",
+]
 
 
 def __getattr__(name):

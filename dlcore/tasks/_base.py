@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import numpy as np
 from sklearn.utils import check_random_state
@@ -31,16 +32,21 @@ def seed_from(random_state) -> int:
     return int(check_random_state(random_state).randint(0, 2**31 - 1))
 
 
+_init_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def seeded_init(seed: int):
     """Draw `dlcore.nn` parameter initialisation from ``seed`` inside the block, then put back the
-    generator that was there, so fitting an estimator never disturbs the caller's `dlcore.manual_seed`."""
-    saved = _init._rng
-    _init.manual_seed(seed)
-    try:
-        yield
-    finally:
-        _init._rng = saved
+    generator that was there, so fitting an estimator never disturbs the caller's `dlcore.manual_seed`.
+    A lock keeps estimators fitted in parallel threads from drawing from each other's generator."""
+    with _init_lock:
+        saved = _init._rng
+        _init.manual_seed(seed)
+        try:
+            yield
+        finally:
+            _init._rng = saved
 
 
 # ------------------------------------------------------------------------------------------------ threads
@@ -179,7 +185,7 @@ def split_validation(n, fraction, rng, stratify=None):
 
     With ``stratify`` (class labels), every class that has at least two samples puts some in each part.
     """
-    n_val = int(math.ceil(n * fraction))
+    n_val = math.ceil(n * fraction)
     if n < MIN_VALIDATION_SAMPLES or n_val < 1 or n - n_val < 1:
         return np.arange(n), None
     if stratify is not None:
@@ -187,7 +193,7 @@ def split_validation(n, fraction, rng, stratify=None):
         for c in np.unique(stratify):
             idx = np.flatnonzero(stratify == c)
             if len(idx) >= 2:
-                take = min(len(idx) - 1, max(1, int(round(len(idx) * fraction))))
+                take = min(len(idx) - 1, max(1, round(len(idx) * fraction)))
                 val.append(rng.choice(idx, take, replace=False))
         val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
         if len(val):

@@ -71,7 +71,7 @@ class Regressor(RegressorMixin, _MLPEstimator):
     Args:
         hidden_layer_sizes: widths of the hidden layers.
         activation: 'gelu', 'relu', 'silu' or 'tanh'.
-        dropout: drop probability after each hidden layer.
+        dropout: drop probability after each hidden layer (0.3: regression data sets are often small).
         learning_rate: AdamW's learning rate.
         weight_decay: AdamW's decoupled weight decay.
         batch_size: samples per mini-batch.
@@ -99,6 +99,15 @@ class Regressor(RegressorMixin, _MLPEstimator):
 
     _loss = "mse"
     _metrics = ("r2",)
+
+    def __init__(self, hidden_layer_sizes=(256, 128), activation="gelu", dropout=0.3, learning_rate=1e-3,
+                 weight_decay=1e-2, batch_size=64, max_epochs=200, early_stopping=True, validation_fraction=0.1,
+                 patience=20, random_state=None, verbose=False):
+        super().__init__(hidden_layer_sizes=hidden_layer_sizes, activation=activation, dropout=dropout,
+                         learning_rate=learning_rate, weight_decay=weight_decay, batch_size=batch_size,
+                         max_epochs=max_epochs, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, patience=patience, random_state=random_state,
+                         verbose=verbose)
 
     def fit(self, X, y):
         """Train on X ``(n_samples, n_features)`` and targets y ``(n_samples,)`` or ``(n_samples, n_targets)``.
