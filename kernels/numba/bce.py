@@ -10,86 +10,119 @@ Stable form (torch's): with ``log_weight = 1 + (pos_weight - 1) * y``,
 pos_weight, evaluated in that exact form so no rounding of ``y + 1 - y`` creeps in).
 
 Rows are cut into fixed blocks of about 16K elements run in parallel (``prange``). For ``'mean'``/``'sum'``
-each block writes one float64 partial sum, added in block order afterwards: the result depends on the shape
-only, never on the thread count. Element math runs in float64, cast on store, except exp/log1p, which run
-in the input dtype (float32 ``expf`` is about twice as fast; its ulp of error is never amplified here).
-No fastmath (the loss is bound by exp/log1p, and NaN/inf must reach the loss as in torch).
-``'mean'`` of an empty input is NaN, ``'sum'`` is 0 (torch).
+each row's losses go to a float64 scratch row, summed by a vectorised ``reassoc`` helper; each block adds
+its rows in order and writes one float64 partial, and the partials are added in block order afterwards: the
+result depends on the shape only, never on the thread count. Every loop is one vectorised pass: the
+transcendental parts run in the input dtype through `_vmath` (``softplus(-x) = log1p(exp(-|x|)) +
+max(-x, 0)`` <= 2 ulp, ``sigmoid`` <= 3 ulp), the rest of each element's math in float64, cast on store
+(``(1 - y) * x + softplus(-x)`` cancels for negative x; float64 keeps it exact to the softplus's ulps).
+No fastmath in elementwise code (NaN/inf must reach the loss as in torch); ``error_model='numpy'`` keeps
+zero-divisor branches out of the loops. ``'mean'`` of an empty input is NaN, ``'sum'`` is 0 (torch).
 """
-import math
-
 import numba
 import numpy as np
+
+from . import _vmath as vm
 
 _BLOCK = 16384  # elements per parallel work item (whole rows)
 _REDUCTIONS = ("none", "mean", "sum")
 
 
-@numba.njit(cache=True)
+_JIT = {"parallel": True, "cache": True, "error_model": "numpy"}
+_FM_SUM = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@numba.njit(inline="always")
 def _bce_loss(xv, t, p, has_pw):
-    # one element: logit xv (x's dtype: exp/log1p run there, ~2x cheaper in float32 and never cancelled),
-    # target t and pos_weight p (ignored unless has_pw) in float64; returns float64
-    v = np.float64(xv)
-    softplus_neg = np.float64(math.log1p(math.exp(-abs(xv)))) + max(-v, 0.0)  # log(1 + exp(-v)), stable
+    # one element: logit xv in x's dtype (softplus runs there), target t and pos_weight p (ignored unless
+    # has_pw) in float64; returns float64
+    softplus_neg = np.float64(vm.softplus(-xv))  # log1p(exp(-|x|)) + max(-x, 0), stable
     if has_pw:
-        return (1.0 - t) * v + (1.0 + (p - 1.0) * t) * softplus_neg
-    return (1.0 - t) * v + softplus_neg
+        return (1.0 - t) * np.float64(xv) + (1.0 + (p - 1.0) * t) * softplus_neg
+    return (1.0 - t) * np.float64(xv) + softplus_neg
 
 
-@numba.njit(cache=True)
+@numba.njit(inline="always")
 def _bce_grad(xv, t, p, has_pw):
     # d loss / d x for one element, before the upstream gradient (xv in x's dtype, as in _bce_loss)
-    sig = 1.0 / (1.0 + np.float64(math.exp(-xv)))  # exp overflow -> inf -> 0: the correct limit
+    sig = np.float64(vm.sigmoid(xv))
     if has_pw:
         pt = p * t
         return (pt + 1.0 - t) * sig - pt
     return sig - t
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True, error_model="numpy")
+def _loss_row(xr, yr, pw, has_pw, out):
+    # out[c] = loss of row element c (out: float64 scratch or the loss row itself); has_pw is the same for
+    # the whole row, so LLVM unswitches the branch out of the vectorised loop
+    for c in range(xr.shape[0]):
+        p = np.float64(pw[c]) if has_pw else 1.0
+        out[c] = _bce_loss(xr[c], np.float64(yr[c]), p, has_pw)
+
+
+@numba.njit(cache=True, fastmath=_FM_SUM)
+def _sum_f64(a):
+    s = 0.0
+    for i in range(a.shape[0]):
+        s += a[i]
+    return s
+
+
+@numba.njit(**_JIT)
 def _bce_fwd_kernel(x, y, pw, has_pw, rows_per_block, loss):
     # x, y, loss: (R, C); pw: (C,) (unused unless has_pw)
-    R, C = x.shape
+    R = x.shape[0]
     for blk in numba.prange((R + rows_per_block - 1) // rows_per_block):
         for r in range(blk * rows_per_block, min(R, (blk + 1) * rows_per_block)):
-            for c in range(C):
-                p = np.float64(pw[c]) if has_pw else 1.0
-                loss[r, c] = _bce_loss(x[r, c], np.float64(y[r, c]), p, has_pw)
+            _loss_row(x[r], y[r], pw, has_pw, loss[r])
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_JIT)
 def _bce_sum_kernel(x, y, pw, has_pw, rows_per_block, partials):
-    # partials[blk] = float64 sum of the loss over the rows of block blk (loss never materialised)
+    # partials[blk] = float64 sum of the loss over the rows of block blk (one row of float64 scratch)
     R, C = x.shape
     for blk in numba.prange(partials.shape[0]):
+        tmp = np.empty(C, np.float64)
         s = 0.0
         for r in range(blk * rows_per_block, min(R, (blk + 1) * rows_per_block)):
-            for c in range(C):
-                p = np.float64(pw[c]) if has_pw else 1.0
-                s += _bce_loss(x[r, c], np.float64(y[r, c]), p, has_pw)
+            _loss_row(x[r], y[r], pw, has_pw, tmp)
+            s += _sum_f64(tmp)
         partials[blk] = s
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True, error_model="numpy")
+def _grad_row(xr, yr, pw, has_pw, gr, out):
+    # out[c] = dloss/dx * gr[c]: one vectorised pass over a row
+    for c in range(xr.shape[0]):
+        p = np.float64(pw[c]) if has_pw else 1.0
+        out[c] = _bce_grad(xr[c], np.float64(yr[c]), p, has_pw) * np.float64(gr[c])
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _grad_row_scaled(xr, yr, pw, has_pw, scale, out):
+    # out[c] = dloss/dx * scale
+    for c in range(xr.shape[0]):
+        p = np.float64(pw[c]) if has_pw else 1.0
+        out[c] = _bce_grad(xr[c], np.float64(yr[c]), p, has_pw) * scale
+
+
+@numba.njit(**_JIT)
 def _bce_bwd_kernel(x, y, pw, has_pw, rows_per_block, g, gx):
     # reduction 'none': gx = dloss/dx * g elementwise
-    R, C = x.shape
+    R = x.shape[0]
     for blk in numba.prange((R + rows_per_block - 1) // rows_per_block):
         for r in range(blk * rows_per_block, min(R, (blk + 1) * rows_per_block)):
-            for c in range(C):
-                p = np.float64(pw[c]) if has_pw else 1.0
-                gx[r, c] = _bce_grad(x[r, c], np.float64(y[r, c]), p, has_pw) * np.float64(g[r, c])
+            _grad_row(x[r], y[r], pw, has_pw, g[r], gx[r])
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_JIT)
 def _bce_bwd_scaled_kernel(x, y, pw, has_pw, rows_per_block, scale, gx):
     # reduced loss: gx = dloss/dx * scale, scale = grad (/ numel for 'mean')
-    R, C = x.shape
+    R = x.shape[0]
     for blk in numba.prange((R + rows_per_block - 1) // rows_per_block):
         for r in range(blk * rows_per_block, min(R, (blk + 1) * rows_per_block)):
-            for c in range(C):
-                p = np.float64(pw[c]) if has_pw else 1.0
-                gx[r, c] = _bce_grad(x[r, c], np.float64(y[r, c]), p, has_pw) * scale
+            _grad_row_scaled(x[r], y[r], pw, has_pw, scale, gx[r])
 
 
 def _check(reduction):

@@ -14,7 +14,9 @@ afterwards, so grad_weight/grad_bias are bitwise reproducible. Before recomputin
 refined by one pass, ``mean += mean(x - mean)``: a float32 mean of a row with |mean| >> std is off by up to
 half an ulp, which rstd would otherwise amplify into grad_x.
 
-Only the pure row sums use fastmath (``reassoc``/``contract``, vectorised partial sums); no ``nnan``/``ninf``.
+Every pass is a vectorised loop. Only the row sums use fastmath (``reassoc``/``contract``, vectorised
+partial sums; in the backward the first pass also carries the elementwise column partials); no
+``nnan``/``ninf``. The compiled summation order depends on the row length only, never on the thread count.
 """
 import math
 
@@ -47,7 +49,7 @@ def _sum_sq_dev_f64(a, mu):
 
 @numba.njit(parallel=True, cache=True)
 def _layer_norm_fwd_kernel(x, w, b, eps, y, mean, rstd):
-    # x, y: (R, D); w, b: (D,) (ones / zeros when absent: exact identities); mean, rstd: (R,) outputs.
+    # x, y: (R, D); w, b: (D,) float64 (ones / zeros when absent: exact identities); mean, rstd: (R,) outputs.
     R, D = x.shape
     for r in numba.prange(R):
         xr = x[r]
@@ -61,9 +63,28 @@ def _layer_norm_fwd_kernel(x, w, b, eps, y, mean, rstd):
             yr[j] = (np.float64(xr[j]) - mu) * rs * np.float64(w[j]) + np.float64(b[j])
 
 
+@numba.njit(cache=True, fastmath=_FM_SUM)
+def _bwd_row_sums(xr, gr, w, mu, rs, dw, db):
+    # One vectorised pass over a row: returns (sum(a), sum(a * xhat)) with a = g * w, xhat = (x - mu) * rs,
+    # and adds the row's g * xhat and g into the chunk's column partials dw, db (elementwise, in order).
+    # reassoc lets LLVM keep the two row sums in vector lanes; it only reorders sums and products, and the
+    # compiled order depends on nothing but the row length (never on the thread count).
+    sa = 0.0
+    saxh = 0.0
+    for j in range(xr.shape[0]):
+        xh = (np.float64(xr[j]) - mu) * rs
+        gj = np.float64(gr[j])
+        a = gj * np.float64(w[j])
+        sa += a
+        saxh += a * xh
+        dw[j] += gj * xh
+        db[j] += gj
+    return sa, saxh
+
+
 @numba.njit(parallel=True, cache=True)
 def _layer_norm_bwd_kernel(g, x, w, mean, rstd, gx, dw_part, db_part):
-    # g, x, gx: (R, D); w: (D,) (ones when absent); mean, rstd: (R,) from the forward;
+    # g, x, gx: (R, D); w: (D,) float64 (ones when absent); mean, rstd: (R,) from the forward;
     # dw_part, db_part: (n_chunks, D) float64 zeros, one row of partial column sums per chunk.
     R, D = x.shape
     n_chunks = dw_part.shape[0]
@@ -79,23 +100,15 @@ def _layer_norm_bwd_kernel(g, x, w, mean, rstd, gx, dw_part, db_part):
             mu = np.float64(mean[r])
             mu += _sum_dev_f64(xr, mu) / D  # refine the stored mean (see module docstring)
             # pass 1: row means of a = g * w and a * xhat; column partials of g * xhat and g
-            sa = 0.0
-            saxh = 0.0
+            sa, saxh = _bwd_row_sums(xr, gr, w, mu, rs, dw, db)
+            # pass 2: grad_x = rstd * (a - mean(a) - xhat * mean(a * xhat)) = c1 * a + c2 * (x - mu) + c0,
+            # recomputing x - mu in float64 (exact for float32 x)
+            c1 = rs
+            c2 = -(rs * rs) * (saxh / D)
+            c0 = -rs * (sa / D)
             for j in range(D):
-                xh = (np.float64(xr[j]) - mu) * rs
-                gj = np.float64(gr[j])
-                a = gj * np.float64(w[j])
-                sa += a
-                saxh += a * xh
-                dw[j] += gj * xh
-                db[j] += gj
-            sa /= D
-            saxh /= D
-            # pass 2: grad_x = rstd * (a - mean(a) - xhat * mean(a * xhat)), recomputing xhat
-            for j in range(D):
-                xh = (np.float64(xr[j]) - mu) * rs
                 a = np.float64(gr[j]) * np.float64(w[j])
-                out[j] = rs * ((a - sa) - xh * saxh)
+                out[j] = c1 * a + (c2 * (np.float64(xr[j]) - mu) + c0)
 
 
 def _n_chunks(R, D):
@@ -122,8 +135,9 @@ def layer_norm_forward(x, weight, bias, eps):
     mean = np.empty(R, x.dtype)
     rstd = np.empty(R, x.dtype)
     if R:
-        w = weight if weight is not None else np.ones(D, x.dtype)
-        b = bias if bias is not None else np.zeros(D, x.dtype)
+        # float64 copies of the (D,) parameters: the kernels use them in float64 for every row
+        w = weight.astype(np.float64) if weight is not None else np.ones(D)
+        b = bias.astype(np.float64) if bias is not None else np.zeros(D)
         _layer_norm_fwd_kernel(x, w, b, float(eps), y, mean, rstd)
     return y, mean, rstd
 
@@ -152,7 +166,7 @@ def layer_norm_backward(grad, x, weight, mean, rstd):
     n_chunks = _n_chunks(R, D)
     dw_part = np.zeros((n_chunks, D))
     db_part = np.zeros((n_chunks, D))
-    w = weight if weight is not None else np.ones(D, dt)
+    w = weight.astype(np.float64) if weight is not None else np.ones(D)  # float64 once, not per row
     _layer_norm_bwd_kernel(grad, x, w, mean, rstd, gx, dw_part, db_part)
     # add the chunk partials in chunk order: deterministic whatever the thread count
     grad_weight = None if weight is None else dw_part.sum(axis=0).astype(dt)

@@ -3,7 +3,9 @@
 Floor: reads x and y once (2 x itemsize bytes per element); ``'none'`` also writes the loss (3 x itemsize);
 the backward reads x and y and writes grad_x (3 x itemsize).
 
-The array is cut into fixed 16K-element blocks run in parallel (``prange``). For ``'mean'``/``'sum'`` the
+The array is cut into fixed 16K-element blocks run in parallel (``prange``); each block is handed to a
+vectorised loop as a view (a 0-based loop over a contiguous view compiles to tighter AVX2 code than an
+index range over the whole array, ~1.5-2x here, memory-bound). For ``'mean'``/``'sum'`` the
 squared error is never materialised: each block writes one float64 partial sum, and the partials are added
 in block order afterwards, so the result depends on the shape only, never on the thread count or schedule.
 Element math runs in float64 (x - y of two float32 values is exact there). The reduction kernel uses
@@ -18,21 +20,29 @@ _FM_SUM = {"reassoc", "contract", "nsz", "arcp"}
 _REDUCTIONS = ("none", "mean", "sum")
 
 
+@numba.njit(cache=True)
+def _sq_err_block(xs, ys, out):
+    # out = (x - y)**2 over one block (views: 0-based contiguous loops vectorise best)
+    for i in range(xs.shape[0]):
+        d = np.float64(xs[i]) - np.float64(ys[i])
+        out[i] = d * d
+
+
 @numba.njit(parallel=True, cache=True)
 def _mse_fwd_kernel(x, y, loss):
     # loss[i] = (x[i] - y[i])**2
     n = x.shape[0]
     for b in numba.prange((n + _BLOCK - 1) // _BLOCK):
-        for i in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
-            d = np.float64(x[i]) - np.float64(y[i])
-            loss[i] = d * d
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        _sq_err_block(x[lo:hi], y[lo:hi], loss[lo:hi])
 
 
 @numba.njit(cache=True, fastmath=_FM_SUM)
-def _sq_err_sum(x, y, start, stop):
+def _sq_err_sum(xs, ys):
     s = 0.0  # accumulate in float64
-    for i in range(start, stop):
-        d = np.float64(x[i]) - np.float64(y[i])
+    for i in range(xs.shape[0]):
+        d = np.float64(xs[i]) - np.float64(ys[i])
         s += d * d
     return s
 
@@ -42,7 +52,15 @@ def _mse_sum_kernel(x, y, partials):
     # partials[b] = sum over block b of (x - y)**2: fused loss + reduction, one pass over x and y
     n = x.shape[0]
     for b in numba.prange(partials.shape[0]):
-        partials[b] = _sq_err_sum(x, y, b * _BLOCK, min(n, (b + 1) * _BLOCK))
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        partials[b] = _sq_err_sum(x[lo:hi], y[lo:hi])
+
+
+@numba.njit(cache=True)
+def _grad_block(xs, ys, gs, out):
+    for i in range(xs.shape[0]):
+        out[i] = 2.0 * (np.float64(xs[i]) - np.float64(ys[i])) * np.float64(gs[i])
 
 
 @numba.njit(parallel=True, cache=True)
@@ -50,8 +68,15 @@ def _mse_bwd_kernel(x, y, g, gx):
     # reduction 'none': gx[i] = 2 * (x[i] - y[i]) * g[i]
     n = x.shape[0]
     for b in numba.prange((n + _BLOCK - 1) // _BLOCK):
-        for i in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
-            gx[i] = 2.0 * (np.float64(x[i]) - np.float64(y[i])) * np.float64(g[i])
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        _grad_block(x[lo:hi], y[lo:hi], g[lo:hi], gx[lo:hi])
+
+
+@numba.njit(cache=True)
+def _scaled_diff_block(xs, ys, scale, out):
+    for i in range(xs.shape[0]):
+        out[i] = scale * (np.float64(xs[i]) - np.float64(ys[i]))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -59,8 +84,9 @@ def _mse_bwd_scaled_kernel(x, y, scale, gx):
     # reduced loss: gx[i] = scale * (x[i] - y[i]), scale = 2 * grad (/ n for 'mean')
     n = x.shape[0]
     for b in numba.prange((n + _BLOCK - 1) // _BLOCK):
-        for i in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
-            gx[i] = scale * (np.float64(x[i]) - np.float64(y[i]))
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        _scaled_diff_block(x[lo:hi], y[lo:hi], scale, gx[lo:hi])
 
 
 def _check(reduction):

@@ -1,24 +1,35 @@
 """Numba CPU softmax / log_softmax over the rows of a 2-D array, one row per parallel iteration.
 
 Floor: forward reads x once and writes y once (2 x itemsize bytes per element); backward reads y and
-grad and writes grad_x (3 x itemsize). The extra passes over a row (max, exp+sum, scale) hit cache, not
-DRAM, while a row fits in L2.
+grad and writes grad_x (3 x itemsize). The extra passes over a row (max, exp+store, sum, scale) hit cache,
+not DRAM, while a row fits in L2.
+
+Every pass is a vectorised loop (AVX2 on this code's test machine): the max uses IEEE ``maxNum``
+(`_vmath.maxnum`, a reduction LLVM vectorises without fast-math), ``exp`` is `_vmath.exp_neg` / `_vmath.exp`
+(branch-free polynomial, <= 1 ulp, in the input dtype), and the float64 row sums run in separate
+``reassoc`` helpers. Forward: max pass (reads x from DRAM), ``y = exp(x - max)`` (x from cache, writes y),
+float64 sum of y, then y scaled in place by ``1 / sum`` rounded to x's dtype. log_softmax uses y as the
+scratch for the exps, then overwrites it with ``(x - max) - log(sum)``. Backward: one float64 reduction
+(``sum(g * y)`` or ``sum(g)``) and one elementwise pass per row (softmax: in float64, cast on store;
+log_softmax: ``g - exp(y) * sum`` in y's dtype). Elementwise float32 steps cost at most 1-2 ulp each
+(noted beside them); every sum over a row is float64.
 
 Rows run in parallel (``prange``); each row is reduced in a fixed order, so the output does not depend on
-the thread count. ``exp`` runs in the input dtype (float32 ``expf`` is about twice as fast as ``exp`` and
-accurate to an ulp); sums and the final scaling run in float64 and are cast on store.
-Only the pure reductions (``_sum_f64``, ``_dot_f64``) use fastmath, and only ``reassoc``/``contract``
-(vectorised partial sums); no ``nnan``/``ninf`` anywhere, so -inf masking and NaN propagation hold.
+the thread count. Only the pure reductions (``_sum_f64``, ``_dot_f64``) use fastmath, and only
+``reassoc``/``contract`` (vectorised partial sums); no ``nnan``/``ninf`` anywhere, so -inf masking and NaN
+propagation hold.
 
 Non-finite rows follow torch 2.13: a row holding a NaN or +inf, or only -inf, is all NaN in both outputs
 and in both backwards (``x - max`` or the row sum is NaN). A -inf among finite logits gets probability
-exactly 0 / log-probability -inf and a finite gradient. The max pass skips NaN on purpose: the NaN then
-reaches the row sum and poisons the whole row, which is the torch result.
+exactly 0 (``_vmath.exp(-inf) == 0``) / log-probability -inf and a finite gradient. The max pass skips NaN
+on purpose (maxNum): the NaN then reaches the row sum and poisons the whole row, which is the torch result.
 """
 import math
 
 import numba
 import numpy as np
+
+from . import _vmath as vm
 
 # Reduction-only fast-math: reassociation lets LLVM keep several partial sums in vector lanes.
 _FM_SUM = {"reassoc", "contract", "nsz", "arcp"}
@@ -42,48 +53,50 @@ def _dot_f64(a, b):
 
 @numba.njit(cache=True)
 def _row_max(row):
-    # In the row's dtype. A NaN compares false: if it is row[0] the max stays NaN, otherwise it is skipped
-    # here; either way it reaches the row sum and poisons the whole row (see module docstring).
+    # In the row's dtype, vectorised. maxNum ignores a NaN (the max of the other entries is returned); the
+    # NaN still reaches the row sum and poisons the whole row (see module docstring).
     m = row[0]
     for i in range(1, row.shape[0]):
-        m = max(m, row[i])  # numba's max(m, NaN) keeps m, as a `>` compare would
+        m = vm.maxnum(m, row[i])
     return m
+
+
+@numba.njit(cache=True)
+def _exp_shifted(row, m, out):
+    # out = exp(row - m) in the row's dtype. m is the row's maxNum, so x - m <= 0 (or NaN): exp_neg, the
+    # exp for non-positive arguments (no overflow branch; exp(-inf) is exactly 0; NaN stays NaN).
+    for i in range(row.shape[0]):
+        out[i] = vm.exp_neg(row[i] - m)
 
 
 @numba.njit(parallel=True, cache=True)
 def _softmax_fwd_kernel(x, y):
-    # x: (R, C) logits, y: (R, C) output, written twice (exp, then scaled in place).
+    # x: (R, C) logits, y: (R, C) output, written twice (exp, then scaled in place while still in cache).
     R, C = x.shape
     for r in numba.prange(R):
         xr = x[r]
         yr = y[r]
         m = _row_max(xr)  # subtract the max for numerical stability
-        s = 0.0  # accumulate in float64
+        _exp_shifted(xr, m, yr)
+        inv = vm.like(m, 1.0 / _sum_f64(yr))  # accumulate in float64; 1 / sum rounded to x's dtype
         for c in range(C):
-            e = math.exp(xr[c] - m)  # exp in x's dtype: expf for float32, half the cost of exp
-            yr[c] = e
-            s += np.float64(e)
-        inv = 1.0 / s
-        for c in range(C):
-            yr[c] = np.float64(yr[c]) * inv
+            yr[c] = yr[c] * inv  # two roundings in float32: <= 1 ulp
 
 
 @numba.njit(parallel=True, cache=True)
 def _log_softmax_fwd_kernel(x, y):
-    # x: (R, C) logits, y: (R, C) log-probabilities.
+    # x: (R, C) logits, y: (R, C) log-probabilities (first used as scratch for exp(x - max)).
     R, C = x.shape
     for r in numba.prange(R):
         xr = x[r]
         yr = y[r]
         m = _row_max(xr)
-        s = 0.0
+        _exp_shifted(xr, m, yr)
+        lse = vm.like(m, math.log(_sum_f64(yr)))
         for c in range(C):
-            s += np.float64(math.exp(xr[c] - m))
-        lse = math.log(s)
-        m64 = np.float64(m)
-        for c in range(C):
-            # (x - max) - log(sum) in float64: never x - (max + lse), which loses digits at |x| ~ 1e4.
-            yr[c] = (np.float64(xr[c]) - m64) - lse
+            # (x - max) - log(sum), never x - (max + lse), which loses digits at |x| ~ 1e4. Both terms are
+            # <= 0, so nothing cancels: two roundings in x's dtype, <= 1 ulp (plus lse's own rounding).
+            yr[c] = (xr[c] - m) - lse
 
 
 @numba.njit(parallel=True, cache=True)
@@ -107,9 +120,9 @@ def _log_softmax_bwd_kernel(y, g, gx):
         yr = y[r]
         gr = g[r]
         out = gx[r]
-        s = _sum_f64(gr)
+        s = vm.like(yr[0], _sum_f64(gr))  # float64 sum, rounded to y's dtype
         for c in range(C):
-            out[c] = np.float64(gr[c]) - np.float64(math.exp(yr[c])) * s
+            out[c] = gr[c] - vm.exp(yr[c]) * s  # in y's dtype; exp <= 1 ulp
 
 
 def softmax_forward(x):
