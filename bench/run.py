@@ -2,10 +2,14 @@
 
     python -m bench.run                 # everything
     python -m bench.run -k softmax      # extra arguments go to pytest
+    python -m bench.run --one-pass      # skip the second, single-thread pass
 
 Every row: op, shape, dtype, backend, median and interquartile range over rounds, ratio to torch on the
-same inputs in the same process, achieved GB/s or GFLOP/s, and the share of this machine's measured
-limit (copy bandwidth or fp32 matmul peak, measured in the same run).
+same inputs in the same process, the floor (bytes or FLOPs over the measured limit), achieved GB/s or
+GFLOP/s and the share of this machine's measured limit (copy bandwidth or fp32 matmul peak, measured in
+the same run). Then the targets of the performance issues (bench/targets.py), met or not, and a second
+pass of dlcore's and torch's rows with one thread (NUMBA_NUM_THREADS=1, torch.set_num_threads(1)) to show
+how each kernel scales.
 """
 from __future__ import annotations
 
@@ -19,18 +23,23 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 JSON = os.path.join(HERE, "results.json")
+JSON_1T = os.path.join(HERE, "results-1thread.json")
 LIMITS = os.path.join(HERE, "limits.json")
 MD = os.path.join(HERE, "RESULTS.md")
 PNG = os.path.join(HERE, "results.png")
 
 
-def run_pytest(extra):
+def run_pytest(extra, json_path=JSON, env_extra=None):
     cmd = [sys.executable, "-m", "pytest", HERE, "-q", "-p", "no:cacheprovider",
            "-o", "python_files=bench_*.py", "-o", "python_functions=bench_*",
-           "--benchmark-only", f"--benchmark-json={JSON}", "--benchmark-columns=median,iqr,rounds",
+           "--benchmark-only", f"--benchmark-json={json_path}", "--benchmark-columns=median,iqr,rounds",
            "--benchmark-sort=name", *extra]
-    env = {**os.environ, "DLCORE_BENCH_LIMITS": LIMITS}
+    env = {**os.environ, "DLCORE_BENCH_LIMITS": LIMITS, **(env_extra or {})}
     return subprocess.call(cmd, cwd=ROOT, env=env)
+
+
+# The single-thread pass: dlcore's Numba rows and torch's, not the slow NumPy references.
+SINGLE_THREAD_SELECTION = ["-k", "not numpy"]
 
 
 def _machine():
@@ -57,11 +66,12 @@ def _machine():
         "cpu": cpu, "cores": os.cpu_count(), "threads": dlcore.get_num_threads(), "torch": torch.__version__,
         "numba": numba.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
         "date": datetime.date.today().isoformat(), "commit": commit,
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
 
 
-def rows_from_json():
-    with open(JSON) as f:
+def rows_from_json(path=JSON):
+    with open(path) as f:
         data = json.load(f)
     rows = []
     for b in data["benchmarks"]:
@@ -79,39 +89,81 @@ def rows_from_json():
             r["rate"] = r["flops"] / r["median"] / 1e9
             r["unit"] = "GFLOP/s"
         r["share"] = r["rate"] / r["limit"]
+        r["floor"] = r["median"] * r["share"]  # seconds at exactly the limit
     return rows
 
 
-def write_markdown(rows, machine, limits):
+def _thread_lines(rows, rows_1t, threads):
+    """Numba and torch medians at 1 thread and at `threads`, and the speed-up the second thread gives."""
+    one = {(r["op"], r["shape"], r["backend"]): r["median"] for r in rows_1t}
+    lines = [
+        f"## One thread vs {threads}",
+        "",
+        "The same rows rerun with one thread on both sides (`NUMBA_NUM_THREADS=1`, `torch.set_num_threads(1)`).",
+        "",
+        f"| op | shape | backend | 1 thread ms | {threads} threads ms | scaling | x torch (1 thread) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    torch_1t = {(r["op"], r["shape"]): r["median"] for r in rows_1t if r["backend"] in ("torch", "torch-fused")}
+    for r in rows:
+        key = (r["op"], r["shape"], r["backend"])
+        if key not in one or r["backend"] == "numpy":
+            continue
+        t1 = one[key]
+        ref = torch_1t.get((r["op"], r["shape"]))
+        vs = f"{ref / t1:.2f}" if ref else "-"
+        lines.append(f"| {r['op']} | {r['shape']} | {r['backend']} | {t1 * 1e3:.2f} | {r['median'] * 1e3:.2f} | "
+                     f"{t1 / r['median']:.2f}x | {vs} |")
+    return lines + [""]
+
+
+def write_markdown(rows, machine, limits, rows_1t=None):
+    from bench.targets import evaluate, markdown
+
+    verdicts = evaluate(rows)
+    n_met = sum(v["met"] is True for v in verdicts)
     lines = [
         "# Benchmark results",
         "",
         "Written by `make bench` (bench/run.py); do not edit by hand. Medians over rounds in one process, the",
         "same inputs for every backend, outputs checked against torch before timing. `x torch` > 1 means",
-        "faster than torch (for optimizers: torch `fused=True`). Share = achieved rate / this machine's limit.",
+        "faster than torch (for optimizers: torch `fused=True`). Floor = the time at exactly this machine's",
+        "limit (bytes moved / copy bandwidth, or FLOPs / fp32 matmul peak); share = floor / median.",
         "",
         f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} threads for Numba and torch",
-        f"- software: Python {machine['python']}, torch {machine['torch']}, numba {machine['numba']}, "
-        f"numpy {machine['numpy']}",
-        f"- date {machine['date']}, commit {machine['commit']}",
-        f"- limits measured in this run: copy bandwidth {limits['bandwidth_gbs']:.1f} GB/s (numpy copy "
+        (f"- software: Python {machine['python']}, torch {machine['torch']}, numba {machine['numba']}, "
+        f"numpy {machine['numpy']}"),
+        f"- date {machine['date']}, commit {machine['commit']}, load average at the end {machine['load']}",
+        (f"- limits measured in this run: copy bandwidth {limits['bandwidth_gbs']:.1f} GB/s (numpy copy "
         f"{limits['bandwidth_numpy_copy_gbs']:.1f}, parallel copy {limits['bandwidth_parallel_copy_gbs']:.1f}); "
         f"fp32 matmul peak {limits['matmul_gflops']:.0f} GFLOP/s (numpy {limits['matmul_numpy_gflops']:.0f}, "
-        f"torch {limits['matmul_torch_gflops']:.0f})",
+        f"torch {limits['matmul_torch_gflops']:.0f})"),
         "",
-        "| op | shape | dtype | backend | median ms | IQR ms | x torch | rate | share of limit |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        f"## Targets ({n_met} of {len(verdicts)} met)",
+        "",
+        "From the performance issues (bench/targets.py); a missed one is explained in the notes at the end.",
+        "",
+        *markdown(verdicts),
+        "",
+        "## All rows",
+        "",
+        "| op | shape | dtype | backend | median ms | IQR ms | floor ms | x torch | rate | share of limit |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         vs = f"{r['vs_torch']:.2f}" if r["vs_torch"] else "-"
         lines.append(
             f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['backend']} | {r['median'] * 1e3:.2f} | "
-            f"{r['iqr'] * 1e3:.2f} | {vs} | {r['rate']:.1f} {r['unit']} | {100 * r['share']:.0f}% |"
+            f"{r['iqr'] * 1e3:.2f} | {r['floor'] * 1e3:.2f} | {vs} | {r['rate']:.1f} {r['unit']} | "
+            f"{100 * r['share']:.0f}% |"
         )
     lines += ["", "![speed-up over torch](results.png)", ""]
+    if rows_1t:
+        lines += _thread_lines(rows, rows_1t, machine["threads"])
     notes = os.path.join(HERE, "NOTES.md")
     if os.path.exists(notes):
-        lines += [open(notes).read()]
+        with open(notes) as f:
+            lines += [f.read()]
     with open(MD, "w") as f:
         f.write("\n".join(lines))
 
@@ -141,15 +193,22 @@ def write_chart(rows):
 
 
 def main(argv):
+    one_pass = "--one-pass" in argv
+    argv = [a for a in argv if a != "--one-pass"]
     rc = run_pytest(argv)
     if not os.path.exists(JSON):
         return rc or 1
+    rows_1t = None
+    if not one_pass:
+        rc = run_pytest([*argv, *SINGLE_THREAD_SELECTION], JSON_1T, {"NUMBA_NUM_THREADS": "1"}) or rc
+        rows_1t = rows_from_json(JSON_1T) if os.path.exists(JSON_1T) else None
     rows = rows_from_json()
     with open(LIMITS) as f:
         limits = json.load(f)
-    write_markdown(rows, _machine(), limits)
+    write_markdown(rows, _machine(), limits, rows_1t)
     write_chart(rows)
-    print(open(MD).read())
+    with open(MD) as f:
+        print(f.read())
     return rc
 
 
