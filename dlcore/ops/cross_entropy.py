@@ -47,9 +47,11 @@ def _bwd(call, saved, grad, needs, *, ignore_index, reduction, label_smoothing):
     ns = call.ns
     fused = holder.pop("fused", None)
     if fused is not None:
-        # the forward pass already wrote d(loss)/d(logits) for an upstream gradient of 1: scale in place
-        g = ns.contiguous(grad).reshape((-1, 1)) if reduction == "none" else grad
-        fused *= g
+        # the forward pass already wrote d(loss)/d(logits) for an upstream gradient of 1: scale in place,
+        # unless the upstream gradient is exactly 1 (loss.backward()), where the multiply would change no
+        # bit and cost a full read + write of the gradient
+        if not bool((grad == 1).all()):
+            fused *= ns.contiguous(grad).reshape((-1, 1)) if reduction == "none" else grad
         gx = fused
     else:
         g = ns.contiguous(grad).reshape(-1) if reduction == "none" else ns.contiguous(grad).reshape(())
