@@ -20,7 +20,7 @@ test: $(STAMP)
 
 ## Quality runs of the task models (minutes).
 test-slow: $(STAMP)
-	$(PYTEST) -q -m slow
+	$(PYTEST) -q -m slow --durations=20 --ignore=tests/kernels/triton --ignore=tests/dlcore/ops/test_triton_backend.py
 
 ## RELIABILITY 21: the kernel tests with Numba's bounds checks on (its own cache, so every kernel recompiles).
 test-boundscheck: $(STAMP)
