@@ -1,11 +1,12 @@
 """Numba CPU scaled dot-product attention: fused FlashAttention-2 forward and backward, no (L, S) matrix.
 
-Forward: one task per (batch entry, pair of query blocks of ``BLOCK_M`` rows). A task walks the keys in tiles
-of ``BLOCK_N``: score tile ``S = (q * scale) k^T`` by a register-blocked GEMM, then the mask (bool select,
-float add, or causal), an online softmax (running max ``m`` and sum ``l`` per row; the accumulator is
-rescaled by ``exp(m_old - m_new)``), and ``acc += P v``. At the end ``out = acc / l``, ``lse = m + log l``.
-Under ``is_causal`` the key tiles past a block's last row are never visited; a task's pair is block ``i``
-and block ``n-1-i``, so causal tasks carry equal work.
+Forward: one task per (batch entry, query block of ``BLOCK_M`` rows). A task copies its queries times scale
+into a padded block, then walks the keys in tiles of ``BLOCK_N``: score tile ``S = (q * scale) k^T`` by a
+register-blocked GEMM, then the mask (bool select, float add, or causal), an online softmax (running max
+``m`` and sum ``l`` per row; the accumulator is rescaled by ``exp(m_old - m_new)``), and ``acc += P v``. At
+the end ``out = acc / l``, ``lse = m + log l``. Under ``is_causal`` the key tiles past a block's last row are
+never visited and only the tiles crossing the diagonal are masked; the blocks are handed out largest first
+(the last block of every batch entry, then the one before, ...), so the dynamic schedule ends evenly.
 
 Backward: one task per (batch entry, group of key blocks). For each of its key blocks the task walks the
 query tiles (under ``is_causal`` only those at or below the diagonal), recomputes ``P^T = exp(S^T - lse)``
@@ -15,15 +16,22 @@ element has exactly one writer (no atomics, no races). The partial buffers are a
 end; the grouping depends on the shape only, so results are bitwise reproducible for any thread count.
 
 Parallelism: the task loops are ``nogil`` njit functions, run on ``numba.get_num_threads()`` Python threads
-(`_parallel`, task t on worker t % n). Not ``prange``: numba's parfor lowering re-optimises and re-emits
-the whole task body for the gufunc and again for its caller, which tripled the compile time (forward +
-backward took about 30 s of CPU per dtype, against 11 s now); the tasks and results are identical.
+(`_attention_tasks.run_tasks`); each worker takes the next task from one shared atomic counter, so a worker
+that the OS deschedules on a shared machine, or that drew cheaper tasks, just does more or fewer of them.
+Each task computes and writes its own outputs the same way on any thread: results do not depend on the
+thread count or the schedule. Not ``prange``: numba's parfor lowering re-optimises and re-emits the whole
+task body for the gufunc and again for its caller, which tripled the compile time (forward + backward took
+about 30 s of CPU per dtype, against 11 s); the tasks and results are identical. The operand packing runs
+as parallel tasks too (`_fwd_pack_worker`, `_bwd_pack_worker`): done in NumPy on the calling thread it was
+10-15 ms of serial time in a ~70 ms two-thread forward at B*H = 8, L = 2048, E = 64.
 
 GEMMs: every product runs through one micro-kernel (``_mm_set`` / ``_mm_acc`` / ``_mm_acc_at``), a 6 x (2
 vectors) register tile written in LLVM IR (the loop vectoriser does not keep a C tile in registers across the
 k loop by itself: 87 against 44 GFLOP/s on one core here). Its B operand is packed in panels of ``NR`` columns
-(16 for float32, 8 for float64), contiguous per k; all operands are packed and zero-padded to the block
-sizes once per call: O(B (L + S) (E + Ev)) extra memory, never O(L S). float32 accumulates in float32 (like
+(16 for float32, 8 for float64), contiguous per k; k and v (forward) and q, k, v, dO (backward) are packed
+and zero-padded to the block sizes once per call: O(B (L + S) (E + Ev)) extra memory, never O(L S) (forward
+about 2 arrays of k's size; forward + backward through autograd about 13 q-sized arrays in all at the bench
+shape, measured by tracemalloc in bench/bench_attention.py). float32 accumulates in float32 (like
 torch's CPU flash kernel), float64 in float64. ``exp`` is a Cody-Waite reduction plus polynomial (Cephes;
 float32 <= 1 ulp, float64 <= 2 ulp) that vectorises; libm's exp is a scalar call.
 
@@ -31,7 +39,9 @@ Cost: forward ``4 * B * L * S * E`` FLOPs for E == Ev (``2 B L S E`` for q k^T, 
 half under ``is_causal`` with L == S) plus ``B L S`` exps; backward 5 GEMMs, ``10 * B * L * S * E``. Memory
 traffic: the forward reads q once and k, v once per query block, ``B (L E + ceil(L / BLOCK_M) S (E + Ev))``
 elements (each k/v tile is reused by BLOCK_M rows from cache), and writes out and lse; the backward reads
-k, v once and q, dO once per key block of ``BWD_BLOCK_N``.
+k, v once and q, dO once per key block of ``BWD_BLOCK_N``. Measured on the project machine (Zen 3, AVX2, one
+thread, B*H = 8, L = S = 2048, E = 64, float32): q k^T runs at ~86 GFLOP/s (the FMA peak there, so ~50 ms),
+the online softmax takes ~24 ms (33.5 M exps), P v ~53 ms; ~130 ms of CPU per forward, ~5% of it packing.
 
 Semantics (torch 2.13 ``scaled_dot_product_attention``, measured on the CPU for float32 and float64, math
 and flash paths alike): ``is_causal`` is the top-left aligned ``tril`` of ``(L, S)``; a bool mask keeps
@@ -43,16 +53,14 @@ item 8). Any key with probability exactly 0 is skipped the same way; all other N
 torch (a +inf or NaN in a float mask makes its row NaN). fastmath is limited to contract / reassoc / nsz /
 arcp: -inf masking and NaN propagation need IEEE infinities and NaNs.
 """
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
+
+from ._attention_tasks import next_task, run_tasks
 
 BLOCK_M = 96  # query rows per forward task (a multiple of _MR)
 BLOCK_N = 128  # keys per forward tile (a multiple of the panel width: 16 float32, 8 float64)
@@ -309,107 +317,148 @@ def _apply_mask_row(s, i, nc, gi, j0, b, causal, mode, bmask, fmask, msb, msl, m
             s[i, j] = ninf if f == ninf else s[i, j] + f
 
 
+@numba.njit(cache=True, nogil=True)
+def _fwd_pack_worker(counter, ntasks, k, v, kt, vpk, vbad):
+    # Task t = (b, kb): key tile kb (BLOCK_N keys) of batch entry b. Packs k^T into kt (B, Sp/NR, Ep, NR)
+    # (panels of NR keys, each Ep x NR, contiguous per feature) and v into vpk (B, Evp/NR, Sp, NR) (panels of
+    # NR value columns, contiguous per key), zero-padded past S, E and Ev; vbad[b, kb] = 1 when the tile's
+    # v rows hold a NaN or inf. Every element of the three outputs is written by exactly one task.
+    B, S, E = k.shape
+    Ev = v.shape[2]
+    NR, Ep = kt.shape[3], kt.shape[2]
+    Evp = vpk.shape[1] * NR
+    nkt = vbad.shape[1]
+    zero = k.dtype.type(0.0)
+    t = next_task(counter)
+    while t < ntasks:
+        b = t // nkt
+        kb = t % nkt
+        j0 = kb * BLOCK_N
+        for p in range(j0 // NR, (j0 + BLOCK_N) // NR):
+            for e in range(Ep):
+                for r in range(NR):
+                    j = p * NR + r
+                    kt[b, p, e, r] = k[b, j, e] if j < S and e < E else zero
+        bad = False
+        for j in range(j0, j0 + BLOCK_N):
+            for e in range(Evp):
+                x = v[b, j, e] if j < S and e < Ev else zero
+                bad = bad or x - x != zero  # NaN for NaN and +-inf
+                vpk[b, e // NR, j, e % NR] = x
+        vbad[b, kb] = 1 if bad else 0
+        t = next_task(counter)
+
+
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _fwd_worker(w, nw, qs, kt, vpk, v, vbad, bmask, fmask, msb, msl, mss, mode, causal, L, S, out, lse):
-    # Tasks w, w + nw, ... of B * ceil(nqb / 2); task (b, i) does query blocks i and nqb-1-i of batch entry b
-    # (equal work under is_causal). qs: (B, Lp, Ep) q * scale, zero-padded (Lp a multiple of BLOCK_M);
-    # kt: (B, Sp/NR, Ep, NR) k^T in panels of NR keys; vpk: (B, Evp/NR, Sp, NR) v in panels of NR columns
-    # (Sp a multiple of BLOCK_N); v: (B, S, Ev) raw values, used for the tiles flagged in vbad (B, Sp/BLOCK_N)
-    # as holding NaN/inf. Writes out (B, L, Ev) and lse (B, L).
-    B, Lp, Ep = qs.shape
+def _fwd_worker(counter, ntasks, q, scale, kt, vpk, v, vbad, bmask, fmask, msb, msl, mss, mode, causal, L, S, out,
+                lse):
+    # Task t = (b, query block qb of BLOCK_M rows); tasks are taken in order from the shared counter. Under
+    # is_causal the most expensive blocks (the last ones, which see the most keys) go first, across all
+    # batch entries, so the dynamic schedule ends evenly; otherwise one batch entry's blocks are consecutive
+    # (they share its k/v in cache). q: (B, L, E) raw queries, copied times scale into a zero-padded
+    # per-worker block; kt, vpk, vbad: see _fwd_pack_worker (Sp a multiple of BLOCK_N); v: (B, S, Ev) raw
+    # values, used for the tiles flagged in vbad. Writes out (B, L, Ev) and lse (B, L), every row once.
+    B, _, E = q.shape
     NR = kt.shape[3]
+    Ep = kt.shape[2]
     Sp = kt.shape[1] * NR
     nvp = vpk.shape[1]
     Evp = nvp * NR
     Ev = out.shape[2]
     BM, BN = BLOCK_M, BLOCK_N
-    dt = qs.dtype.type
+    dt = q.dtype.type
     ninf, zero, one = dt(-np.inf), dt(0.0), dt(1.0)
-    s = np.empty((BM, BN), qs.dtype)  # score tile, then probabilities
-    acc = np.empty((BM, Evp), qs.dtype)  # unnormalised output rows
-    m = np.empty(BM, qs.dtype)  # running row max
-    l = np.empty(BM, qs.dtype)  # running row sum of exp(s - m)
+    qblk = np.empty((BM, Ep), q.dtype)  # this task's queries times scale, zero-padded
+    s = np.empty((BM, BN), q.dtype)  # score tile, then probabilities
+    acc = np.empty((BM, Evp), q.dtype)  # unnormalised output rows
+    m = np.empty(BM, q.dtype)  # running row max
+    l = np.empty(BM, q.dtype)  # running row sum of exp(s - m)
     nqb = (L + BM - 1) // BM
-    npair = (nqb + 1) // 2
-    for t in range(w, B * npair, nw):
-        b = t // npair
-        pair = t % npair
-        for half in range(2):
-            qb = pair if half == 0 else nqb - 1 - pair
-            if half == 1 and qb == pair:
-                break
-            i0 = qb * BM
-            nr = min(BM, L - i0)
-            nrp = (nr + _MR - 1) // _MR * _MR
-            for i in range(nrp):
-                m[i] = ninf
-                l[i] = zero
-                for e in range(Evp):
-                    acc[i, e] = zero
-            kend = min(S, i0 + nr) if causal else S  # causal: keys past the block's last row are all masked
-            for j0 in range(0, kend, BN):
-                nc = min(BN, kend - j0)
-                ncp = (nc + NR - 1) // NR * NR
-                for ii in range(0, nrp, _MR):  # s = (q * scale) @ k^T
-                    for jj in range(0, ncp, NR):
-                        _mm_set(s, ii * BN + jj, BN, qs, (b * Lp + i0 + ii) * Ep, Ep,
-                                kt, (b * (Sp // NR) + (j0 + jj) // NR) * Ep * NR, NR, Ep)
-                for i in range(nr):
-                    gi = i0 + i
-                    if causal or mode != 0:
-                        _apply_mask_row(s, i, nc, gi, j0, b, causal, mode, bmask, fmask, msb, msl, mss)
-                    mx = ninf
-                    for j in range(nc):  # NaN is skipped here and poisons the row through exp below
-                        mx = _fmax(mx, s[i, j])
-                    m_old = m[i]
-                    m_new = m_old
-                    if mx > m_old:
-                        m_new = mx
-                    m_use = zero if m_new == ninf else m_new  # nothing seen yet: exp(-inf - 0) = 0, not NaN
-                    alpha = _fexp(m_old - m_use)  # rescale what was accumulated under the old max
-                    row_sum = zero
-                    for j in range(nc):
-                        p = _fexp(s[i, j] - m_use)
-                        s[i, j] = p
-                        row_sum += p
-                    l[i] = l[i] * alpha + row_sum
-                    m[i] = m_new
-                    if alpha != one:
-                        for e in range(Evp):
-                            acc[i, e] *= alpha
-                for i in range(nr, nrp):  # padded rows: finite zeros
-                    for j in range(nc):
-                        s[i, j] = zero
-                if vbad[b, j0 // BN]:  # rare: NaN/inf in the tile: add nonzero probabilities one by one
-                    for i in range(nr):
-                        for j in range(nc):
-                            p = s[i, j]
-                            if p != zero:
-                                for e in range(Ev):
-                                    acc[i, e] += p * v[b, j0 + j, e]
-                else:
-                    for ii in range(0, nrp, _MR):  # acc += P @ v
-                        for ee in range(0, Evp, NR):
-                            _mm_acc(acc, ii * Evp + ee, Evp, s, ii * BN, BN,
-                                    vpk, ((b * nvp + ee // NR) * Sp + j0) * NR, NR, nc)
+    t = next_task(counter)
+    while t < ntasks:
+        if causal:
+            qb = nqb - 1 - t // B
+            b = t % B
+        else:
+            b = t // nqb
+            qb = t % nqb
+        i0 = qb * BM
+        nr = min(BM, L - i0)
+        nrp = (nr + _MR - 1) // _MR * _MR
+        for i in range(nrp):
+            m[i] = ninf
+            l[i] = zero
+            for e in range(Evp):
+                acc[i, e] = zero
+            for e in range(Ep):
+                qblk[i, e] = q[b, i0 + i, e] * scale if i < nr and e < E else zero  # fold the scale into q
+        kend = min(S, i0 + nr) if causal else S  # causal: keys past the block's last row are all masked
+        for j0 in range(0, kend, BN):
+            nc = min(BN, kend - j0)
+            ncp = (nc + NR - 1) // NR * NR
+            for ii in range(0, nrp, _MR):  # s = (q * scale) @ k^T
+                for jj in range(0, ncp, NR):
+                    _mm_set(s, ii * BN + jj, BN, qblk, ii * Ep, Ep,
+                            kt, (b * (Sp // NR) + (j0 + jj) // NR) * Ep * NR, NR, Ep)
+            need_mask = mode != 0 or (causal and j0 + nc - 1 > i0)  # causal: only tiles crossing the diagonal
             for i in range(nr):
                 gi = i0 + i
-                if l[i] == zero:  # the row saw no key
-                    for e in range(Ev):
-                        out[b, gi, e] = zero
-                    lse[b, gi] = ninf
-                else:
-                    inv = one / l[i]
-                    for e in range(Ev):
-                        out[b, gi, e] = acc[i, e] * inv
-                    lse[b, gi] = m[i] + np.log(l[i])
+                if need_mask:
+                    _apply_mask_row(s, i, nc, gi, j0, b, causal, mode, bmask, fmask, msb, msl, mss)
+                mx = ninf
+                for j in range(nc):  # NaN is skipped here and poisons the row through exp below
+                    mx = _fmax(mx, s[i, j])
+                m_old = m[i]
+                m_new = m_old
+                if mx > m_old:
+                    m_new = mx
+                m_use = zero if m_new == ninf else m_new  # nothing seen yet: exp(-inf - 0) = 0, not NaN
+                alpha = _fexp(m_old - m_use)  # rescale what was accumulated under the old max
+                row_sum = zero
+                for j in range(nc):
+                    p = _fexp(s[i, j] - m_use)
+                    s[i, j] = p
+                    row_sum += p
+                l[i] = l[i] * alpha + row_sum
+                m[i] = m_new
+                if alpha != one:
+                    for e in range(Evp):
+                        acc[i, e] *= alpha
+            for i in range(nr, nrp):  # padded rows: finite zeros
+                for j in range(nc):
+                    s[i, j] = zero
+            if vbad[b, j0 // BN]:  # rare: NaN/inf in the tile: add nonzero probabilities one by one
+                for i in range(nr):
+                    for j in range(nc):
+                        p = s[i, j]
+                        if p != zero:
+                            for e in range(Ev):
+                                acc[i, e] += p * v[b, j0 + j, e]
+            else:
+                for ii in range(0, nrp, _MR):  # acc += P @ v
+                    for ee in range(0, Evp, NR):
+                        _mm_acc(acc, ii * Evp + ee, Evp, s, ii * BN, BN,
+                                vpk, ((b * nvp + ee // NR) * Sp + j0) * NR, NR, nc)
+        for i in range(nr):
+            gi = i0 + i
+            if l[i] == zero:  # the row saw no key
+                for e in range(Ev):
+                    out[b, gi, e] = zero
+                lse[b, gi] = ninf
+            else:
+                inv = one / l[i]
+                for e in range(Ev):
+                    out[b, gi, e] = acc[i, e] * inv
+                lse[b, gi] = m[i] + np.log(l[i])
+        t = next_task(counter)
 
 
 # --------------------------------------------------------------------------------------------- backward
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _bwd_worker(w, nw, kp, qtk, dok, vp, dotk, qsk, kpk, k, kbad, lse_use, dsum, bmask, fmask, msb, msl, mss,
+def _bwd_worker(counter, ntasks, kp, qtk, dok, vp, dotk, qsk, kpk, k, kbad, lse_use, dsum, bmask, fmask, msb, msl, mss,
                 mode, causal, L, S, ngroup, dk, dv, dq_part):
-    # Tasks w, w + nw, ... of B * ngroup; task (b, g) does key blocks g, g + ngroup, ... of batch entry b.
+    # Tasks of B * ngroup, taken from the shared counter; task (b, g) does key blocks g, g + ngroup, ... of
+    # batch entry b.
     # Row-major, zero-padded: kp (B, Sp, Ep) k; vp (B, Sp, Evp) v. Panels of NR columns (see _fwd_worker):
     # qtk (B, Lp/NR, Ep, NR) (q*scale)^T; dok (B, Evp/NR, Lp, NR) dO; dotk (B, Lp/NR, Evp, NR) dO^T;
     # qsk (B, Ep/NR, Lp, NR) q*scale; kpk (B, Ep/NR, Sp, NR) k. k (B, S, E) raw keys, used for the blocks
@@ -430,7 +479,8 @@ def _bwd_worker(w, nw, kp, qtk, dok, vp, dotk, qsk, kpk, k, kbad, lse_use, dsum,
     dk_acc = np.empty((BN, Ep), kp.dtype)
     dv_acc = np.empty((BN, Evp), kp.dtype)
     nkb = (S + BN - 1) // BN
-    for t in range(w, B * ngroup, nw):
+    t = next_task(counter)
+    while t < ntasks:
         b = t // ngroup
         g = t % ngroup
         for kb in range(g, nkb, ngroup):
@@ -511,84 +561,98 @@ def _bwd_worker(w, nw, kp, qtk, dok, vp, dotk, qsk, kpk, k, kbad, lse_use, dsum,
                     dk[b, j0 + j, e] = dk_acc[j, e]
                 for e in range(Ev):
                     dv[b, j0 + j, e] = dv_acc[j, e]
+        t = next_task(counter)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack_kn(x, b, r0, r1, mult, out):
+    # out (B, Cp/NR, Rp, NR) rows r0 .. r1 of batch entry b: out[b, c // NR, r, c % NR] = x[b, r, c] * mult,
+    # zero past x's rows and columns (a B operand whose K dim is x's rows: panels of NR columns).
+    R, C = x.shape[1], x.shape[2]
+    NR = out.shape[3]
+    zero = out.dtype.type(0.0)
+    for r in range(r0, r1):
+        for c in range(out.shape[1] * NR):
+            out[b, c // NR, r, c % NR] = x[b, r, c] * mult if r < R and c < C else zero
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack_nk(x, b, r0, r1, mult, out):
+    # out (B, Rp/NR, Cp, NR) rows r0 .. r1 (multiples of NR) of batch entry b: out[b, r // NR, c, r % NR] =
+    # x[b, r, c] * mult, zero-padded (x^T as a B operand: panels of NR rows of x, contiguous per column).
+    R, C = x.shape[1], x.shape[2]
+    NR = out.shape[3]
+    zero = out.dtype.type(0.0)
+    for pnl in range(r0 // NR, r1 // NR):
+        for c in range(out.shape[2]):
+            for rr in range(NR):
+                r = pnl * NR + rr
+                out[b, pnl, c, rr] = x[b, r, c] * mult if r < R and c < C else zero
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack_rows(x, b, r0, r1, out):
+    # out (B, Rp, Cp) rows r0 .. r1 of batch entry b: x zero-padded, row-major.
+    R, C = x.shape[1], x.shape[2]
+    zero = out.dtype.type(0.0)
+    for r in range(r0, r1):
+        for c in range(out.shape[2]):
+            out[b, r, c] = x[b, r, c] if r < R and c < C else zero
+
+
+@numba.njit(cache=True, nogil=True)
+def _bwd_pack_worker(counter, ntasks, q, k, v, grad_out, out, lse, scale, kp, qtk, dok, vp, dotk, qsk, kpk, kbad,
+                     lse_use, dsum):
+    # Packs every operand of _bwd_worker (layouts there) in parallel. Tasks t < B * Lp / BWD_BLOCK_M: a block
+    # of BWD_BLOCK_M query rows (q * scale and dO in both panel layouts, dsum = rowsum(dO * O) in float64
+    # then rounded, lse_use); the rest: a block of BWD_BLOCK_N key rows (k row-major and in panels, v, kbad).
+    B, L, E = q.shape
+    S, Ev = k.shape[1], v.shape[2]
+    nqb = lse_use.shape[1] // BWD_BLOCK_M
+    dt = q.dtype.type
+    one, zero, inf = dt(1.0), dt(0.0), dt(np.inf)
+    t = next_task(counter)
+    while t < ntasks:
+        if t < B * nqb:
+            b, r0 = t // nqb, (t % nqb) * BWD_BLOCK_M
+            r1 = r0 + BWD_BLOCK_M
+            _pack_nk(q, b, r0, r1, scale, qtk)
+            _pack_kn(q, b, r0, r1, scale, qsk)
+            _pack_kn(grad_out, b, r0, r1, one, dok)
+            _pack_nk(grad_out, b, r0, r1, one, dotk)
+            for i in range(r0, r1):
+                if i < L:
+                    d = 0.0
+                    for e in range(Ev):
+                        d += np.float64(grad_out[b, i, e]) * np.float64(out[b, i, e])
+                    dsum[b, i] = dt(d)
+                    lse_use[b, i] = inf if lse[b, i] == -inf else lse[b, i]  # no key seen: exp(s - inf) = 0
+                else:
+                    dsum[b, i] = zero
+                    lse_use[b, i] = inf
+        else:
+            nkb = kbad.shape[1]
+            b, kb = (t - B * nqb) // nkb, (t - B * nqb) % nkb
+            j0 = kb * BWD_BLOCK_N
+            _pack_rows(k, b, j0, j0 + BWD_BLOCK_N, kp)
+            _pack_rows(v, b, j0, j0 + BWD_BLOCK_N, vp)
+            _pack_kn(k, b, j0, j0 + BWD_BLOCK_N, one, kpk)
+            bad = False
+            for j in range(j0, min(j0 + BWD_BLOCK_N, S)):
+                for e in range(E):
+                    x = k[b, j, e]
+                    bad = bad or x - x != zero  # NaN for NaN and +-inf
+            kbad[b, kb] = 1 if bad else 0
+        t = next_task(counter)
 
 
 # -------------------------------------------------------------------------------------------- launchers
-_pool = None  # (pid, ThreadPoolExecutor): a forked child builds its own
-_pool_lock = threading.Lock()
-
-
-def _parallel(worker, ntasks, *args):
-    """Run ``worker(w, n, *args)`` for w < n on n threads, n = numba's thread count (at most ntasks).
-
-    The workers are nogil and split the tasks statically (task t goes to worker t % n); every task writes
-    its own outputs, so the result does not depend on n.
-    """
-    n = max(1, min(numba.get_num_threads(), ntasks))
-    if n == 1:
-        worker(0, 1, *args)
-        return
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid():
-            pool = ThreadPoolExecutor(numba.config.NUMBA_NUM_THREADS, thread_name_prefix="dlcore-attn")
-            _pool = (os.getpid(), pool)
-        pool = _pool[1]
-    futures = [pool.submit(worker, w, n, *args) for w in range(1, n)]
-    worker(0, n, *args)
-    for f in futures:
-        f.result()
-
-
 def _ceil(n, m):
     return -(-n // m) * m
 
 
 def _panel_width(dtype):
     return _NV * _LANES[np.dtype(dtype)]
-
-
-def _pad(x, rows, cols, mult=None):
-    """x (B, R, C) zero-padded to (B, rows, cols), times mult (one pass over x)."""
-    out = np.zeros((x.shape[0], rows, cols), x.dtype)
-    _copy(out[:, : x.shape[1], : x.shape[2]], x, mult)
-    return out
-
-
-def _copy(dst, src, mult):
-    if mult is None:
-        dst[...] = src
-    else:
-        np.multiply(src, mult, out=dst)
-
-
-def _panels_kn(x, rows, cols, nr, mult=None):
-    """B operand whose K dim is x's rows: (B, cols/nr, rows, nr) panels of nr columns, zero-padded."""
-    B, R, C = x.shape
-    if C != cols:  # rare (head dims are usually multiples of the panel width): pad the columns first
-        x, mult = _pad(x, R, cols, mult), None
-    out = np.zeros((B, cols // nr, rows, nr), x.dtype)
-    _copy(out[:, :, :R], x.reshape(B, R, cols // nr, nr).transpose(0, 2, 1, 3), mult)
-    return out
-
-
-def _panels_nk(x, rows, cols, nr, mult=None):
-    """B operand x^T (K dim = x's columns): (B, rows/nr, cols, nr) panels of nr rows of x, zero-padded."""
-    B, R, C = x.shape
-    out = np.zeros((B, rows // nr, cols, nr), x.dtype)
-    full = R // nr
-    _copy(out[:, :full, :C], x[:, : full * nr].reshape(B, full, nr, C).transpose(0, 1, 3, 2), mult)
-    if R > full * nr:
-        _copy(out[:, full, :C, : R - full * nr], x[:, full * nr :].transpose(0, 2, 1), mult)
-    return out
-
-
-def _bad_blocks(x, block, nblocks):
-    """(B, nblocks) uint8: 1 where a block of `block` rows of x (B, R, C) holds a NaN or inf."""
-    B, R = x.shape[:2]
-    bad = np.zeros((B, nblocks * block), np.bool_)
-    bad[:, :R] = ~np.isfinite(x).all(axis=2)
-    return np.ascontiguousarray(bad.reshape(B, nblocks, block).any(axis=2).astype(np.uint8))
 
 
 def _readonly(a):
@@ -645,20 +709,21 @@ def attention_forward(q, k, v, mask, is_causal, scale):
     B, L, E = q.shape
     S, Ev = k.shape[1], v.shape[2]
     dt = q.dtype
-    out = np.zeros((B, L, Ev), dt)
-    lse = np.full((B, L), -np.inf, dt)
-    if B == 0 or L == 0 or S == 0:
-        return out, lse  # no key at all: every row is fully masked
+    if B == 0 or L == 0 or S == 0:  # no key at all: every row is fully masked
+        return np.zeros((B, L, Ev), dt), np.full((B, L), -np.inf, dt)
+    out = np.empty((B, L, Ev), dt)  # every row is written by exactly one task
+    lse = np.empty((B, L), dt)
     nr = _panel_width(dt)
-    Lp, Sp, Ep, Evp = _ceil(L, BLOCK_M), _ceil(S, BLOCK_N), _ceil(E, nr), _ceil(Ev, nr)
-    qs = _pad(q, Lp, Ep, dt.type(scale))  # fold the scale into q once (L E multiplies, not L S)
-    kt = _panels_nk(k, Sp, Ep, nr)
-    vpk = _panels_kn(v, Sp, Evp, nr)
-    vbad = _bad_blocks(v, BLOCK_N, Sp // BLOCK_N)
+    Sp, Ep, Evp = _ceil(S, BLOCK_N), _ceil(E, nr), _ceil(Ev, nr)
+    nkt = Sp // BLOCK_N
+    kt = np.empty((B, Sp // nr, Ep, nr), dt)  # packed in parallel: no serial NumPy pass over q, k or v
+    vpk = np.empty((B, Evp // nr, Sp, nr), dt)
+    vbad = np.empty((B, nkt), np.uint8)
+    k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
+    run_tasks(_fwd_pack_worker, B * nkt, k, v, kt, vpk, vbad)
     bm, fm, msb, msl, mss, mode = _mask_args(mask, dt)
-    ntasks = B * ((Lp // BLOCK_M + 1) // 2)
-    _parallel(_fwd_worker, ntasks, qs, kt, vpk, np.ascontiguousarray(v), vbad, bm, fm, msb, msl, mss, mode,
-              bool(is_causal), L, S, out, lse)
+    run_tasks(_fwd_worker, B * (-(-L // BLOCK_M)), np.ascontiguousarray(q), dt.type(scale), kt, vpk, v, vbad,
+              bm, fm, msb, msl, mss, mode, bool(is_causal), L, S, out, lse)
     return out, lse
 
 
@@ -692,16 +757,16 @@ def attention_backward(grad_out, q, k, v, out, lse, mask, is_causal, scale):
     sc = dt.type(scale)
     nkb = Sp // BWD_BLOCK_N
     ngroup = int(min(nkb, max(1, -(-_BWD_TASKS // B))))  # a function of the shape only: reproducible
-    dsum = np.zeros((B, Lp), dt)
-    dsum[:, :L] = np.einsum("ble,ble->bl", grad_out, out)  # D_i = rowsum(dO * O)
-    lse_use = np.full((B, Lp), np.inf, dt)
-    lse_use[:, :L] = np.where(lse == -np.inf, np.inf, lse)  # rows that saw no key: exp(s - inf) = 0
     bm, fm, msb, msl, mss, mode = _mask_args(mask, dt)
+    q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
+    grad_out, out, lse = np.ascontiguousarray(grad_out), np.ascontiguousarray(out), np.ascontiguousarray(lse)
+    ops = (np.empty((B, Sp, Ep), dt), np.empty((B, Lp // nr, Ep, nr), dt), np.empty((B, Evp // nr, Lp, nr), dt),
+           np.empty((B, Sp, Evp), dt), np.empty((B, Lp // nr, Evp, nr), dt), np.empty((B, Ep // nr, Lp, nr), dt),
+           np.empty((B, Ep // nr, Sp, nr), dt), np.empty((B, nkb), np.uint8), np.empty((B, Lp), dt),
+           np.empty((B, Lp), dt))  # kp, qtk, dok, vp, dotk, qsk, kpk, kbad, lse_use, dsum: packed in parallel
+    run_tasks(_bwd_pack_worker, B * (Lp // BWD_BLOCK_M + nkb), q, k, v, grad_out, out, lse, sc, *ops)
     dq_part = np.zeros((B, ngroup, Lp, Ep), dt)
-    _parallel(_bwd_worker, B * ngroup, _pad(k, Sp, Ep), _panels_nk(q, Lp, Ep, nr, sc),
-              _panels_kn(grad_out, Lp, Evp, nr), _pad(v, Sp, Evp), _panels_nk(grad_out, Lp, Evp, nr),
-              _panels_kn(q, Lp, Ep, nr, sc), _panels_kn(k, Sp, Ep, nr), np.ascontiguousarray(k),
-              _bad_blocks(k, BWD_BLOCK_N, nkb), lse_use, dsum, bm, fm, msb, msl, mss, mode, bool(is_causal),
+    run_tasks(_bwd_worker, B * ngroup, *ops[:7], k, *ops[7:], bm, fm, msb, msl, mss, mode, bool(is_causal),
               L, S, ngroup, gk, gv, dq_part)
     gq[...] = dq_part[:, :, :L, :E].sum(axis=1) * sc  # partial dQs added in group order: reproducible
     return gq, gk, gv

@@ -362,3 +362,38 @@ def test_numba_exp(dtype):
     special = np.array([-np.inf, np.nan, 0.0, lo - 1.0], dtype)
     vexp(special, out[:4])
     assert out[0] == 0 and np.isnan(out[1]) and out[2] == 1 and out[3] == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("kind", ["none", "causal", "bool"])
+def test_numba_many_blocks_and_batches(dtype, kind):
+    # Several query blocks (96 rows) and key tiles (128) per batch entry and several batch entries: the
+    # dynamic task order (causal: the largest blocks first, across batch entries) and the causal diagonal
+    # tiles (masked only where they cross the diagonal) against torch.
+    shape = (3, 290, 290, 32, 32)
+    q, k, v = make_inputs(shape, dtype, 31)
+    mask, is_causal = make_mask(kind, 3, 290, 290, dtype, 32)
+    check("numba", dtype, q, k, v, mask, is_causal, 0.2, rand((3, 290, 32), dtype, 33), msg=kind)
+
+
+def test_numba_peak_memory_linear_in_length():
+    # No (L, S) matrix: the NumPy memory of forward + backward (tracemalloc peak: the launchers' packed
+    # operands, outputs and partial dQ; the workers' tiles are fixed-size) grows linearly in L = S.
+    import tracemalloc
+
+    E = 16
+    peaks = {}
+    for L in (512, 2048):
+        q, k, v = make_inputs((1, L, L, E, E), np.float32, 40)
+        grad = rand((1, L, E), np.float32, 41)
+        run("numba", q[:, :8], k[:, :8], v[:, :8], None, True, 0.25, grad[:, :8])  # compile outside the trace
+        tracemalloc.start()
+        try:
+            run("numba", q, k, v, None, True, 0.25, grad)
+            peaks[L] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    io_bytes = 2048 * E * 4  # one (L, E) float32 array
+    assert peaks[2048] < 40 * io_bytes, peaks  # O(L E): forward ~3, backward ~25 such arrays
+    assert peaks[2048] < 2048 * 2048 * 4 / 4, peaks  # far below one (L, S) float32 matrix
+    assert peaks[2048] / peaks[512] < 5.0, peaks  # 4x the length: ~4x the memory (16x if it were L*S)
