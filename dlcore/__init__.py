@@ -65,14 +65,40 @@ def explain(op: str, *args, **kwargs):
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by the Numba CPU kernels (at most NUMBA_NUM_THREADS, which defaults to the core count)."""
+    """Set the number of threads dlcore's Numba CPU kernels use (``numba.set_num_threads``).
+
+    Only Numba's threads: torch's (``torch.set_num_threads``) and the BLAS library's under matmul/linear
+    (OpenBLAS: ``OPENBLAS_NUM_THREADS``, or threadpoolctl) are left alone. The upper bound is fixed when
+    Numba starts its thread pool: ``NUMBA_NUM_THREADS`` if set, else the number of cores. Results do not
+    depend on the thread count beyond rounding (tests/dlcore/test_threads.py).
+
+    Args:
+        n: a positive int, at most ``NUMBA_NUM_THREADS``.
+
+    Raises:
+        TypeError: n is not an int.
+        ValueError: n < 1 or n > NUMBA_NUM_THREADS.
+
+    Example:
+        >>> dlcore.set_num_threads(1); dlcore.get_num_threads()
+        1
+    """
+    import operator
+
     import numba
 
-    numba.set_num_threads(int(n))
+    try:
+        n = operator.index(n)  # ints and NumPy integers; not floats or strings
+    except TypeError:
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}") from None
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= n <= limit:
+        raise ValueError(f"set_num_threads: n must be in [1, {limit}] (NUMBA_NUM_THREADS={limit}), got {n}")
+    numba.set_num_threads(n)
 
 
 def get_num_threads() -> int:
-    """Threads the Numba CPU kernels use now."""
+    """Threads the Numba CPU kernels use now (in the calling thread; see `set_num_threads`)."""
     import numba
 
     return numba.get_num_threads()

@@ -103,6 +103,7 @@ OPS = {
     for op in (
         Op("matmul", "matmul", "matmul", "matmul_backward"),
         Op("linear", "matmul", "linear", "linear_backward"),
+        Op("linear_act", "linear_act", "linear_act_forward", "linear_act_backward"),
         Op("softmax", "softmax", "softmax_forward", "softmax_backward"),
         Op("log_softmax", "softmax", "log_softmax_forward", "log_softmax_backward"),
         Op("scaled_dot_product_attention", "attention", "attention_forward", "attention_backward"),
@@ -319,6 +320,8 @@ def describe_arrays(named: dict) -> str:
 def explain_choice(choice: Choice, named: dict) -> Explanation:
     notes = list(choice.notes)
     extra = getattr(choice.module, "EXPLAIN", {}).get(choice.op.name)
+    if callable(extra):  # a kernel module may explain per call (e.g. which BLAS runs for these shapes)
+        extra = extra(named)
     if extra:
         notes.append(extra)
     fn = f"dlcore.kernels.{choice.backend.name}.{choice.op.module}.{choice.op.forward}"

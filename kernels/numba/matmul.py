@@ -1,10 +1,23 @@
 """Batched matmul and linear for the Numba backend, plus dlcore's own blocked GEMM kernel (:func:`gemm`).
 
 The contract functions (``matmul``, ``matmul_backward``, ``linear``, ``linear_backward``) call BLAS
-through ``np.matmul``: the vendor BLAS is faster than our kernel (one 1024^3 float32
-GEMM, one thread, measured in CPU time on a shared 2-core AMD EPYC: ``gemm`` ~45 GFLOP/s, NumPy's
-OpenBLAS ~75 GFLOP/s). ``linear`` adds the bias in place into the BLAS output instead of allocating a
-second array.
+through :func:`blas_matmul`: a vendor BLAS is faster than our kernel (``gemm`` measured 0.45-0.6x of the
+faster BLAS on 256^3 .. 2048^3 fp32; bench/bench_matmul.py has a ``numba-gemm`` row per shape). Two BLAS
+libraries are in reach: NumPy's OpenBLAS (``np.matmul``) and, when torch is already imported, torch's MKL
+(``torch.matmul`` on zero-copy ``torch.from_numpy`` views). Measured against each other in one process,
+interleaved, medians of 7-15, fp32 (2026-11-26, shared 2-core AMD EPYC at load average 4-8), OpenBLAS took
+0.6-0.9x of MKL's time on every shape: 256^3, 1024^3, 2048^3, 4096^3, 4096x1024x4096 and the linear
+layout ``x @ W.T``. So :func:`blas_for` picks OpenBLAS (the MKL path stays, tested, for shapes where a
+future measurement says otherwise), and `dlcore.explain` prints the choice and the reason. Transposed
+operands (``W.T``, ``b^T`` in the backward) are passed as views: BLAS reads them through its transpose
+flag, no copy. ``linear`` adds the bias in place into the BLAS output instead of allocating a second
+array (a test checks the peak allocation is one output).
+
+Known, not acted on: on an oversubscribed machine a small product (<= 512^3) with two BLAS threads can
+take 30-50 ms instead of < 1 ms (the second thread waits for a core), for OpenBLAS and MKL alike; one
+BLAS thread avoids it (threadpoolctl, ~3 us to switch) but is 1.3-2.4x slower when the second core is free
+(256^3: 0.3 ms with two threads, 0.4-0.75 ms with one), and switching OpenBLAS's thread count while another
+Python thread is inside BLAS is not safe.
 
 :func:`gemm` is the own kernel that fused epilogues (bias, activation) will build on:
 
@@ -23,6 +36,8 @@ bitwise reproducible across thread counts.
 
 Floor: 2*M*N*K flops (compute-bound); ``gemm`` reads B once per panel for packing.
 """
+import sys
+
 import numpy as np
 from numba import njit, prange
 
@@ -168,8 +183,51 @@ def gemm(a, b, out=None):
     return out
 
 
+def blas_for(shape_a, shape_b):
+    """Which BLAS :func:`blas_matmul` uses for ``a @ b`` of these shapes, and why.
+
+    Args:
+        shape_a, shape_b: the operand shapes, ``(..., M, K)`` and ``(..., K, N)``.
+
+    Returns:
+        ``(name, reason)``: name is ``'openblas'`` (``np.matmul``) or ``'mkl'`` (``torch.matmul``).
+    """
+    m, k, n = shape_a[-2], shape_a[-1], shape_b[-1]
+    if _mkl_wins(m, k, n) and "torch" in sys.modules:
+        return "mkl", f"torch's MKL is faster than OpenBLAS for {m}x{k}x{n} (measured, bench/bench_matmul.py)"
+    return "openblas", ("NumPy's OpenBLAS: faster than torch's MKL on every measured fp32 shape "
+                        "(256^3 .. 4096x1024x4096, interleaved, one process) and faster than the own Numba gemm")
+
+
+def _mkl_wins(m, k, n):
+    """Shapes where torch's MKL measured faster than OpenBLAS here: none so far (see the module docstring)."""
+    return False
+
+
+def blas_matmul(a, b, out=None):
+    """``a @ b`` (2-D or batched, any strides) on the BLAS :func:`blas_for` picks; writes ``out`` when given.
+
+    Args:
+        a: ``(..., M, K)`` float32/float64 array.
+        b: ``(..., K, N)`` array of the same dtype (a transposed view is read without a copy).
+        out: optional C-contiguous ``(..., M, N)`` array of that dtype.
+
+    Returns:
+        The product (``out`` when given).
+    """
+    if blas_for(a.shape, b.shape)[0] == "mkl":
+        import torch
+
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        if out is None:
+            return torch.matmul(ta, tb).numpy()
+        torch.matmul(ta, tb, out=torch.from_numpy(out))
+        return out
+    return np.matmul(a, b, out=out)
+
+
 def matmul(a, b):
-    """Batched matrix product through BLAS (``np.matmul``).
+    """Batched matrix product through BLAS (:func:`blas_matmul`).
 
     Args:
         a: ``(B, M, K)`` float32/float64 array.
@@ -182,7 +240,7 @@ def matmul(a, b):
         >>> matmul(np.ones((1, 2, 3)), np.ones((1, 3, 4))).shape
         (1, 2, 4)
     """
-    return np.matmul(a, b)
+    return blas_matmul(a, b)
 
 
 def matmul_backward(grad, a, b):
@@ -200,7 +258,7 @@ def matmul_backward(grad, a, b):
         >>> ga.shape, gb.shape
         ((1, 2, 3), (1, 3, 4))
     """
-    return np.matmul(grad, b.transpose(0, 2, 1)), np.matmul(a.transpose(0, 2, 1), grad)
+    return blas_matmul(grad, b.transpose(0, 2, 1)), blas_matmul(a.transpose(0, 2, 1), grad)
 
 
 def linear(x, weight, bias):
@@ -218,9 +276,9 @@ def linear(x, weight, bias):
         >>> linear(np.ones((2, 3)), np.ones((4, 3)), np.arange(4.0)).tolist()[0]
         [3.0, 4.0, 5.0, 6.0]
     """
-    y = np.matmul(x, weight.T)
+    y = blas_matmul(x, weight.T)  # weight.T is a view: BLAS reads it transposed, no copy
     if bias is not None:
-        np.add(y, bias, out=y)
+        np.add(y, bias, out=y)  # in place: one (N, O) allocation in all
     return y
 
 
@@ -242,11 +300,25 @@ def linear_backward(grad, x, weight, has_bias):
         ((2, 3), (4, 3), [2.0, 2.0, 2.0, 2.0])
     """
     grad_bias = grad.sum(axis=0) if has_bias else None
-    return np.matmul(grad, weight), np.matmul(grad.T, x), grad_bias
+    return blas_matmul(grad, weight), blas_matmul(grad.T, x), grad_bias
 
 
 # What `dlcore.explain` adds for ops this module serves (the dispatch reads this table).
-EXPLAIN = {
-    "matmul": "calls BLAS through np.matmul: the vendor BLAS beats the own Numba GEMM (`gemm`, ~60% of it)",
-    "linear": "calls BLAS through np.matmul and adds the bias in place into its output",
-}
+def _explain_blas(op):
+    def explain(named):
+        a = named.get("input")
+        b = named.get("other") if op == "matmul" else named.get("weight")
+        if a is None or b is None or a.ndim == 0 or b.ndim == 0:
+            return f"{op} runs on BLAS (OpenBLAS via np.matmul unless blas_for picks torch's MKL)"
+        shape_b = tuple(b.shape) if op == "matmul" else tuple(b.shape)[::-1]
+        shape_a = (1,) + tuple(a.shape) if a.ndim == 1 else tuple(a.shape)
+        shape_b = shape_b + (1,) if len(shape_b) == 1 else shape_b
+        name, why = blas_for(shape_a, shape_b)
+        tail = ", bias added in place into its output" if op == "linear" else ""
+        return f"BLAS: {name} ({why}){tail}; the own Numba `gemm` reaches ~0.4-0.6x of it"
+    return explain
+
+
+# What `dlcore.explain` adds for ops this module serves (the dispatch reads this table; a callable gets the
+# named arrays of the call).
+EXPLAIN = {"matmul": _explain_blas("matmul"), "linear": _explain_blas("linear")}

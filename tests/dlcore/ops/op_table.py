@@ -110,6 +110,23 @@ def _linear_samples(dtype, rng):
     ])
 
 
+_LINEAR_ACT_TORCH = {"gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "relu": F.relu,
+                     "silu": F.silu, None: lambda t: t}
+
+
+def _linear_act_torch(x, w, b=None, activation="gelu"):
+    return _LINEAR_ACT_TORCH[activation](F.linear(x, w, b))
+
+
+def _linear_act_samples(activation):
+    def samples(dtype, rng):
+        out = _linear_samples(dtype, rng)
+        for s in out:
+            s.kwargs = dict(activation=activation)
+        return out
+    return samples
+
+
 def _attention_samples(dtype, rng):
     def qkv(b, L, S, E, Ev):
         return _r(rng, b + (L, E), dtype), _r(rng, b + (S, E), dtype), _r(rng, b + (S, Ev), dtype)
@@ -206,6 +223,11 @@ _SUM_F32 = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-9, 
 OPS = [
     OpInfo("matmul", torch.matmul, _matmul_samples, _SUM_F32),
     OpInfo("linear", F.linear, _linear_samples, _SUM_F32),
+    OpInfo("linear_act", _linear_act_torch, _linear_act_samples("gelu"), _SUM_F32, label="linear_act_gelu"),
+    OpInfo("linear_act", _linear_act_torch, _linear_act_samples("gelu_tanh"), _SUM_F32, label="linear_act_gelu_tanh"),
+    OpInfo("linear_act", _linear_act_torch, _linear_act_samples("relu"), _SUM_F32, label="linear_act_relu"),
+    OpInfo("linear_act", _linear_act_torch, _linear_act_samples("silu"), _SUM_F32, label="linear_act_silu"),
+    OpInfo("linear_act", _linear_act_torch, _linear_act_samples(None), _SUM_F32, label="linear_act_none"),
     OpInfo("softmax", F.softmax, lambda d, r: _diff_all(_rowwise_samples(d, r))),
     OpInfo("log_softmax", F.log_softmax, lambda d, r: _diff_all(_rowwise_samples(d, r))),
     # attention accumulates tile by tile with an online softmax (a different summation order than torch)
