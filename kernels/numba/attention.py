@@ -317,35 +317,96 @@ def _apply_mask_row(s, i, nc, gi, j0, b, causal, mode, bmask, fmask, msb, msl, m
             s[i, j] = ninf if f == ninf else s[i, j] + f
 
 
+# ------------------------------------------------------------------------------------------- packing
+@numba.njit(cache=True, nogil=True)
+def _pack_kn(x, b, r0, r1, mult, out):
+    # out (B, Cp/NR, Rp, NR) rows r0 .. r1 of batch entry b: out[b, c // NR, r, c % NR] = x[b, r, c] * mult,
+    # zero past x's rows and columns (a B operand whose K dim is x's rows: panels of NR columns). Inner
+    # loops are contiguous copies of NR values, without conditions except in the last, partial panel.
+    R, C = x.shape[1], x.shape[2]
+    NR = out.shape[3]
+    zero = out.dtype.type(0.0)
+    for r in range(r0, r1):
+        for pc in range(out.shape[1]):
+            orow = out[b, pc, r]
+            c0 = pc * NR
+            if r < R and c0 + NR <= C:
+                xr = x[b, r, c0 : c0 + NR]
+                for rr in range(NR):
+                    orow[rr] = xr[rr] * mult
+            else:
+                for rr in range(NR):
+                    orow[rr] = x[b, r, c0 + rr] * mult if r < R and c0 + rr < C else zero
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack_nk(x, b, r0, r1, mult, out):
+    # out (B, Rp/NR, Cp, NR) rows r0 .. r1 (multiples of NR) of batch entry b: out[b, r // NR, c, r % NR] =
+    # x[b, r, c] * mult, zero-padded (x^T as a B operand: panels of NR rows of x, contiguous per column).
+    R, C = x.shape[1], x.shape[2]
+    NR = out.shape[3]
+    zero = out.dtype.type(0.0)
+    for pnl in range(r0 // NR, r1 // NR):
+        opan = out[b, pnl]
+        for rr in range(NR):
+            r = pnl * NR + rr
+            if r < R:
+                xr = x[b, r]
+                for c in range(C):
+                    opan[c, rr] = xr[c] * mult
+                for c in range(C, opan.shape[0]):
+                    opan[c, rr] = zero
+            else:
+                for c in range(opan.shape[0]):
+                    opan[c, rr] = zero
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack_rows(x, b, r0, r1, out):
+    # out (B, Rp, Cp) rows r0 .. r1 of batch entry b: x zero-padded, row-major.
+    R, C = x.shape[1], x.shape[2]
+    zero = out.dtype.type(0.0)
+    for r in range(r0, r1):
+        orow = out[b, r]
+        if r < R:
+            xr = x[b, r]
+            for c in range(C):
+                orow[c] = xr[c]
+            for c in range(C, orow.shape[0]):
+                orow[c] = zero
+        else:
+            for c in range(orow.shape[0]):
+                orow[c] = zero
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _nonfinite(x, b, r0, r1):
+    # True when rows r0 .. r1 (clipped to x's rows) of x[b] hold a NaN or inf: x * 0 is NaN exactly for
+    # those; reassoc only lets LLVM keep vector partial sums (no nnan/ninf, so NaN survives the sum).
+    t = x.dtype.type(0.0)
+    for r in range(r0, min(r1, x.shape[1])):
+        xr = x[b, r]
+        for c in range(xr.shape[0]):
+            t += xr[c] * x.dtype.type(0.0)
+    return t != t
+
+
 @numba.njit(cache=True, nogil=True)
 def _fwd_pack_worker(counter, ntasks, k, v, kt, vpk, vbad):
     # Task t = (b, kb): key tile kb (BLOCK_N keys) of batch entry b. Packs k^T into kt (B, Sp/NR, Ep, NR)
     # (panels of NR keys, each Ep x NR, contiguous per feature) and v into vpk (B, Evp/NR, Sp, NR) (panels of
     # NR value columns, contiguous per key), zero-padded past S, E and Ev; vbad[b, kb] = 1 when the tile's
     # v rows hold a NaN or inf. Every element of the three outputs is written by exactly one task.
-    B, S, E = k.shape
-    Ev = v.shape[2]
-    NR, Ep = kt.shape[3], kt.shape[2]
-    Evp = vpk.shape[1] * NR
     nkt = vbad.shape[1]
-    zero = k.dtype.type(0.0)
+    one = k.dtype.type(1.0)
     t = next_task(counter)
     while t < ntasks:
         b = t // nkt
         kb = t % nkt
         j0 = kb * BLOCK_N
-        for p in range(j0 // NR, (j0 + BLOCK_N) // NR):
-            for e in range(Ep):
-                for r in range(NR):
-                    j = p * NR + r
-                    kt[b, p, e, r] = k[b, j, e] if j < S and e < E else zero
-        bad = False
-        for j in range(j0, j0 + BLOCK_N):
-            for e in range(Evp):
-                x = v[b, j, e] if j < S and e < Ev else zero
-                bad = bad or x - x != zero  # NaN for NaN and +-inf
-                vpk[b, e // NR, j, e % NR] = x
-        vbad[b, kb] = 1 if bad else 0
+        _pack_nk(k, b, j0, j0 + BLOCK_N, one, kt)
+        _pack_kn(v, b, j0, j0 + BLOCK_N, one, vpk)
+        vbad[b, kb] = 1 if _nonfinite(v, b, j0, j0 + BLOCK_N) else 0
         t = next_task(counter)
 
 
@@ -396,8 +457,8 @@ def _fwd_worker(counter, ntasks, q, scale, kt, vpk, v, vbad, bmask, fmask, msb, 
         for j0 in range(0, kend, BN):
             nc = min(BN, kend - j0)
             ncp = (nc + NR - 1) // NR * NR
-            for ii in range(0, nrp, _MR):  # s = (q * scale) @ k^T
-                for jj in range(0, ncp, NR):
+            for jj in range(0, ncp, NR):  # s = (q * scale) @ k^T; one k panel (Ep x NR) stays in L1
+                for ii in range(0, nrp, _MR):
                     _mm_set(s, ii * BN + jj, BN, qblk, ii * Ep, Ep,
                             kt, (b * (Sp // NR) + (j0 + jj) // NR) * Ep * NR, NR, Ep)
             need_mask = mode != 0 or (causal and j0 + nc - 1 > i0)  # causal: only tiles crossing the diagonal
@@ -435,8 +496,8 @@ def _fwd_worker(counter, ntasks, q, scale, kt, vpk, v, vbad, bmask, fmask, msb, 
                             for e in range(Ev):
                                 acc[i, e] += p * v[b, j0 + j, e]
             else:
-                for ii in range(0, nrp, _MR):  # acc += P @ v
-                    for ee in range(0, Evp, NR):
+                for ee in range(0, Evp, NR):  # acc += P @ v; one v panel (nc x NR) stays in L1
+                    for ii in range(0, nrp, _MR):
                         _mm_acc(acc, ii * Evp + ee, Evp, s, ii * BN, BN,
                                 vpk, ((b * nvp + ee // NR) * Sp + j0) * NR, NR, nc)
         for i in range(nr):
@@ -565,49 +626,13 @@ def _bwd_worker(counter, ntasks, kp, qtk, dok, vp, dotk, qsk, kpk, k, kbad, lse_
 
 
 @numba.njit(cache=True, nogil=True)
-def _pack_kn(x, b, r0, r1, mult, out):
-    # out (B, Cp/NR, Rp, NR) rows r0 .. r1 of batch entry b: out[b, c // NR, r, c % NR] = x[b, r, c] * mult,
-    # zero past x's rows and columns (a B operand whose K dim is x's rows: panels of NR columns).
-    R, C = x.shape[1], x.shape[2]
-    NR = out.shape[3]
-    zero = out.dtype.type(0.0)
-    for r in range(r0, r1):
-        for c in range(out.shape[1] * NR):
-            out[b, c // NR, r, c % NR] = x[b, r, c] * mult if r < R and c < C else zero
-
-
-@numba.njit(cache=True, nogil=True)
-def _pack_nk(x, b, r0, r1, mult, out):
-    # out (B, Rp/NR, Cp, NR) rows r0 .. r1 (multiples of NR) of batch entry b: out[b, r // NR, c, r % NR] =
-    # x[b, r, c] * mult, zero-padded (x^T as a B operand: panels of NR rows of x, contiguous per column).
-    R, C = x.shape[1], x.shape[2]
-    NR = out.shape[3]
-    zero = out.dtype.type(0.0)
-    for pnl in range(r0 // NR, r1 // NR):
-        for c in range(out.shape[2]):
-            for rr in range(NR):
-                r = pnl * NR + rr
-                out[b, pnl, c, rr] = x[b, r, c] * mult if r < R and c < C else zero
-
-
-@numba.njit(cache=True, nogil=True)
-def _pack_rows(x, b, r0, r1, out):
-    # out (B, Rp, Cp) rows r0 .. r1 of batch entry b: x zero-padded, row-major.
-    R, C = x.shape[1], x.shape[2]
-    zero = out.dtype.type(0.0)
-    for r in range(r0, r1):
-        for c in range(out.shape[2]):
-            out[b, r, c] = x[b, r, c] if r < R and c < C else zero
-
-
-@numba.njit(cache=True, nogil=True)
 def _bwd_pack_worker(counter, ntasks, q, k, v, grad_out, out, lse, scale, kp, qtk, dok, vp, dotk, qsk, kpk, kbad,
                      lse_use, dsum):
     # Packs every operand of _bwd_worker (layouts there) in parallel. Tasks t < B * Lp / BWD_BLOCK_M: a block
     # of BWD_BLOCK_M query rows (q * scale and dO in both panel layouts, dsum = rowsum(dO * O) in float64
     # then rounded, lse_use); the rest: a block of BWD_BLOCK_N key rows (k row-major and in panels, v, kbad).
-    B, L, E = q.shape
-    S, Ev = k.shape[1], v.shape[2]
+    B, L = q.shape[:2]
+    Ev = v.shape[2]
     nqb = lse_use.shape[1] // BWD_BLOCK_M
     dt = q.dtype.type
     one, zero, inf = dt(1.0), dt(0.0), dt(np.inf)
@@ -637,12 +662,7 @@ def _bwd_pack_worker(counter, ntasks, q, k, v, grad_out, out, lse, scale, kp, qt
             _pack_rows(k, b, j0, j0 + BWD_BLOCK_N, kp)
             _pack_rows(v, b, j0, j0 + BWD_BLOCK_N, vp)
             _pack_kn(k, b, j0, j0 + BWD_BLOCK_N, one, kpk)
-            bad = False
-            for j in range(j0, min(j0 + BWD_BLOCK_N, S)):
-                for e in range(E):
-                    x = k[b, j, e]
-                    bad = bad or x - x != zero  # NaN for NaN and +-inf
-            kbad[b, kb] = 1 if bad else 0
+            kbad[b, kb] = 1 if _nonfinite(k, b, j0, j0 + BWD_BLOCK_N) else 0
         t = next_task(counter)
 
 
