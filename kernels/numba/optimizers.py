@@ -15,8 +15,28 @@ stay bitwise equal to torch:
 * ``torch.sqrt`` on MKL builds is MKL's VML_HA sqrt, off by one ulp on some inputs; we use IEEE sqrt,
   which torch builds without MKL use too (see tests/kernels/test_optimizers.py).
 
-Floor: memory-bound. Adam reads 4 and writes 3 words per element, SGD with momentum reads 3 and writes 2
-(plain SGD: 2 and 1).
+The parallel kernels split the elements into 64 contiguous blocks that start on 64-byte boundaries of
+param (the few elements before its first boundary are a block of their own), so with operands at the same
+offset (NumPy's large arrays all start 16 bytes past a boundary) no AVX load or store straddles two cache
+lines; the per-element arithmetic, and so every bit, is the same for any split.
+
+Floor: memory-bound. Adam reads 4 and writes 3 words per element (28 bytes per float32 parameter: 470 MB
+for 16.8M), SGD with momentum reads 3 and writes 2 (20 bytes), plain SGD 2 and 1. Every line written was
+just read, so no read-for-ownership comes on top: these are the DRAM bytes. Measured on the project
+machine (2-core AMD EPYC VM, shared with other jobs, 2026-11-26; bench/bench_optimizers.py's ``stream`` row
+is a Numba pass with exactly Adam's or SGD's loads and stores and an add for the arithmetic):
+
+* at load average 7-8 (pytest-benchmark, 10 rounds, medians): adam 47.9 ms vs stream 47.1; adamw 46.5 vs
+  47.7; sgd 32.1 vs 32.6; torch fused=True 59.0 / 35.1 / 32.0, foreach 472 / 352 / 222;
+* at load 5.4 (one process, interleaved, 15 rounds): stream 24 ms on 64-byte-aligned and on 16-byte-offset
+  arrays alike, the previous per-element ``prange`` AdamW 24 ms aligned but 28 ms at the 16-byte offset
+  (hence the aligned blocks); RESULTS.md's quiet run had torch fused AdamW at 24.1 ms.
+
+So this kernel and torch's fused one both run at the stream floor, ~470 MB / 24 ms = 19.6 GB/s here;
+torch skips nothing (same 28 bytes), it only beats the "copy bandwidth" of RESULTS.md (16.7 GB/s), which
+understates the floor because a copy also reads its destination (3 transfers counted as 2). 1.2x torch
+fused would need ~20 ms for AdamW, below what a pass that must read and write these four arrays takes on
+this machine; only moving fewer bytes (e.g. bfloat16 state) would get there, which changes the numbers.
 """
 import numpy as np
 from numba import njit, prange
@@ -39,6 +59,19 @@ def _fma(typingctx, a, b, c):
 # (torch's TensorIterator uses the same grain size).
 _SERIAL_BELOW = 32768
 
+# Parallel blocks per call: a few per thread, for balance under a shared machine's scheduling.
+_TASKS = 64
+
+
+def _alignment_head(a):
+    """Elements before ``a``'s first 64-byte boundary (NumPy's large arrays start 16 bytes past one).
+
+    The parallel kernels run those few elements as a task of their own and split the rest on 64-byte
+    boundaries, so no AVX load or store straddles two cache lines when the other operands share param's
+    offset (see the module docstring)."""
+    address, size = a.ctypes.data, a.dtype.itemsize
+    return 0 if address % size else min(a.shape[0], (-address) % 64 // size)
+
 
 @njit(inline="always", error_model="numpy")
 def _sgd_update(p, g, b, hyper, flags):
@@ -59,19 +92,40 @@ def _sgd_update(p, g, b, hyper, flags):
     return _fma(g, neg_lr, p), b  # param.add_(grad, alpha=-lr)
 
 
+@njit(inline="always")
+def _task_bounds(k, n_tasks, head, n):
+    """Elements [lo, hi) of task k: task n_tasks is the unaligned head [0, head); tasks 0..n_tasks-1 split
+    [head, n) into contiguous blocks that start on 16-element (64-byte for float32) boundaries."""
+    if k == n_tasks:
+        return 0, head
+    body = n - head
+    lo = k * body // n_tasks
+    lo -= lo % 16
+    if k + 1 == n_tasks:
+        hi = body
+    else:
+        hi = (k + 1) * body // n_tasks
+        hi -= hi % 16
+    return head + lo, head + hi
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
-def _sgd_kernel(param, grad, buf, hyper, flags):
-    # one pass: weight decay, momentum buffer, Nesterov look-ahead and the update, per element
+def _sgd_kernel(param, grad, buf, hyper, flags, head, n_tasks):
+    # one pass: weight decay, momentum buffer, Nesterov look-ahead and the update, per element; contiguous
+    # blocks per task whose vector loads and stores do not straddle cache lines (see `_alignment_head`)
     use_buf, read_buf = flags[1], flags[1] and not flags[2]  # momentum; momentum after the first step
-    for i in prange(param.shape[0]):
-        p, b = _sgd_update(param[i], grad[i], buf[i] if read_buf else param[i], hyper, flags)
-        if use_buf:
-            buf[i] = b
-        param[i] = p
+    for k in prange(n_tasks + 1):
+        lo, hi = _task_bounds(k, n_tasks, head, param.shape[0])
+        pk, gk, bk = param[lo:hi], grad[lo:hi], buf[lo:hi] if use_buf else buf  # 1-D views: a vector loop
+        for i in range(hi - lo):
+            p, b = _sgd_update(pk[i], gk[i], bk[i] if read_buf else pk[i], hyper, flags)
+            if use_buf:
+                bk[i] = b
+            pk[i] = p
 
 
 @njit(cache=True, error_model="numpy")
-def _sgd_serial_kernel(param, grad, buf, hyper, flags):
+def _sgd_serial_kernel(param, grad, buf, hyper, flags, head, n_tasks):
     use_buf, read_buf = flags[1], flags[1] and not flags[2]  # momentum; momentum after the first step
     for i in range(param.shape[0]):
         p, b = _sgd_update(param[i], grad[i], buf[i] if read_buf else param[i], hyper, flags)
@@ -102,15 +156,18 @@ def _adam_update(p, g, m, v, hyper, flags):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _adam_kernel(param, grad, exp_avg, exp_avg_sq, hyper, flags):
-    # one pass per element over the whole chain of ops in torch's _single_tensor_adam
-    for i in prange(param.shape[0]):
-        param[i], exp_avg[i], exp_avg_sq[i] = _adam_update(param[i], grad[i], exp_avg[i], exp_avg_sq[i],
-                                                           hyper, flags)
+def _adam_kernel(param, grad, exp_avg, exp_avg_sq, hyper, flags, head, n_tasks):
+    # one pass per element over the whole chain of ops in torch's _single_tensor_adam, in cache-line
+    # aligned contiguous blocks per task
+    for k in prange(n_tasks + 1):
+        lo, hi = _task_bounds(k, n_tasks, head, param.shape[0])
+        p, g, m, v = param[lo:hi], grad[lo:hi], exp_avg[lo:hi], exp_avg_sq[lo:hi]  # 1-D views: a vector loop
+        for i in range(hi - lo):
+            p[i], m[i], v[i] = _adam_update(p[i], g[i], m[i], v[i], hyper, flags)
 
 
 @njit(cache=True, error_model="numpy")
-def _adam_serial_kernel(param, grad, exp_avg, exp_avg_sq, hyper, flags):
+def _adam_serial_kernel(param, grad, exp_avg, exp_avg_sq, hyper, flags, head, n_tasks):
     for i in range(param.shape[0]):
         param[i], exp_avg[i], exp_avg_sq[i] = _adam_update(param[i], grad[i], exp_avg[i], exp_avg_sq[i],
                                                            hyper, flags)
@@ -148,7 +205,7 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum, dampening, nesterov, we
         buf = momentum_buffer
     kernel = _sgd_kernel if param.shape[0] >= _SERIAL_BELOW else _sgd_serial_kernel
     kernel(param, grad, buf, (f(-lr), f(weight_decay), f(momentum), f(1 - dampening)),
-           (weight_decay != 0, use_momentum, first_step, bool(nesterov)))
+           (weight_decay != 0, use_momentum, first_step, bool(nesterov)), _alignment_head(param), _TASKS)
     return buf if use_momentum else None
 
 
@@ -188,4 +245,4 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, wei
              f(1 - beta2), f(bias_correction2_sqrt), f(eps), f(-step_size))
     flags = (weight_decay != 0, bool(decoupled), bool(abs(lerp_weight) < 0.5))
     kernel = _adam_kernel if param.shape[0] >= _SERIAL_BELOW else _adam_serial_kernel
-    kernel(param, grad, exp_avg, exp_avg_sq, hyper, flags)
+    kernel(param, grad, exp_avg, exp_avg_sq, hyper, flags, _alignment_head(param), _TASKS)

@@ -285,3 +285,41 @@ def test_numpy_fma_emulation_is_correctly_rounded(dtype):
     c[half + 150:half + 200] = -0.0
     hardware = torch.addcmul(torch.from_numpy(c), torch.from_numpy(a), torch.from_numpy(b), value=1).numpy()
     assert_bitwise(_fma(a, b, c), hardware, "emulated fma")
+
+
+def _at_offset(values, offset):
+    """A copy of ``values`` that starts ``offset`` elements into a larger buffer (another cache-line offset)."""
+    buf = np.zeros(values.shape[0] + 16, values.dtype)
+    out = buf[offset:offset + values.shape[0]]
+    out[...] = values
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_any_alignment_matches_numpy_bitwise(dtype):
+    """The numba prange kernels run param's elements before its first 64-byte boundary as a task of their
+    own and split the rest on 64-byte boundaries; every start offset, also different ones per operand, gives
+    the reference's bits (the NumPy backend is bitwise equal to torch's chain, tested above)."""
+    size, steps = 40_003, 3
+    init, grads = rand(size, dtype, seed=5), _grads(size, dtype, steps=steps, seed=6)
+    opt_cls, cfg = ADAM_CONFIGS["adamw"]
+    ref_p, ref_m, ref_v = _adam_run("numpy", init, grads, opt_cls, cfg)
+    sgd = SGD_CONFIGS["nesterov_wd"]
+    ref_sgd, ref_buf = init.copy(), None
+    for g in grads:
+        ref_buf = _mod("numpy").sgd_step(ref_sgd, g, ref_buf, sgd["lr"], sgd["momentum"], sgd["dampening"],
+                                         sgd["nesterov"], sgd["weight_decay"])
+    for offsets in [(0, 0, 0, 0), (1, 1, 1, 1), (3, 0, 5, 2), (15, 7, 9, 1)]:
+        p, m, v = _at_offset(init, offsets[0]), _at_offset(0 * init, offsets[2]), _at_offset(0 * init, offsets[3])
+        for step, g in enumerate(grads, start=1):
+            _mod("numba").adam_step(p, _at_offset(g, offsets[1]), m, v, step, cfg["lr"], *cfg["betas"], cfg["eps"],
+                                    cfg["weight_decay"], True)
+        for name, a, e in zip(("param", "exp_avg", "exp_avg_sq"), (p, m, v), (ref_p, ref_m, ref_v)):
+            assert_bitwise(a, e, f"adamw {name} at offsets {offsets}")
+        p, buf = _at_offset(init, offsets[0]), _at_offset(0 * init, offsets[2])
+        for step, g in enumerate(grads):
+            out = _mod("numba").sgd_step(p, _at_offset(g, offsets[1]), buf if step else None, sgd["lr"],
+                                         sgd["momentum"], sgd["dampening"], sgd["nesterov"], sgd["weight_decay"])
+            buf = buf if step else _at_offset(out, offsets[2])
+        assert_bitwise(p, ref_sgd, f"sgd param at offsets {offsets}")
+        assert_bitwise(buf, ref_buf, f"sgd buffer at offsets {offsets}")
