@@ -51,10 +51,10 @@ TARGETS = [
     Target("matmul", 0.95, _BEST_BLAS),
     Target("linear", 0.95, _BEST_BLAS),
     Target("matmul", 0.6, _BEST_BLAS, ours="numba-gemm"),
-    Target("linear+gelu fwd", 1.2),
-    Target("train step: transformer LM", 1.3, source="issue 5"),
-    Target("train step: MLP", 1.0, source="issue 5"),
-    Target("train step: torch LM under dlcore.torch.patch", 1.2, ours="torch+dlcore", source="issue 5"),
+    Target("linear_act gelu", 1.2),
+    Target("train step transformer LM", 1.3, source="issue 5"),
+    Target("train step MLP", 1.0, source="issue 5"),
+    Target("train step transformer LM (torch.patch)", 1.2, ours="dlcore.torch", source="issue 5"),
 ]
 
 
