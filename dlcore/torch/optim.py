@@ -119,7 +119,7 @@ class _DlcoreStep:
                         torch_groups.append(group)
                         self._count(why, n)
                     continue
-                rest = []
+                rest, fused = [], []
                 for p in group["params"]:
                     if p.grad is None:
                         continue
@@ -128,14 +128,26 @@ class _DlcoreStep:
                         rest.append(p)
                         self._count(why)
                         continue
-                    self._update(group, p, p.grad.detach())
+                    if self._fusable(group, p, p.grad):
+                        fused.append(p)
+                    else:
+                        self._update(group, p, p.grad.detach())
                     _increment_version(p)  # as torch's in-place update would
                     self._count(None)
+                if fused:
+                    self._fused_update(group, fused)
                 if rest:
                     torch_groups.append({**group, "params": rest})
         if torch_groups:
             self._torch_step(torch_groups)
         return loss
+
+    def _fusable(self, group, p, grad) -> bool:
+        """Whether ``p`` goes into the one fused multi-tensor launch of its group (Adam/AdamW only)."""
+        return False
+
+    def _fused_update(self, group, params):  # pragma: no cover - only called when _fusable says so
+        raise NotImplementedError
 
     def _torch_step(self, groups):
         """Run torch's own step over ``groups`` (shallow copies or members of param_groups; state shared)."""
@@ -165,7 +177,77 @@ def _adam_update(group, p, grad, state, decoupled):
        beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]))
 
 
-class Adam(_DlcoreStep, torch.optim.Adam):
+class _FusedAdam:
+    """One fused Adam/AdamW launch over a group's CPU parameters (`dlcore.optim._multi_tensor`): the same
+    numbers as one `adam_`/`adamw_` call per parameter, in one thread-pool launch instead of one each."""
+
+    def _decoupled_for(self, group) -> bool:
+        raise NotImplementedError
+
+    def _fusable(self, group, p, grad) -> bool:
+        if p.device.type != "cpu" or not (p.is_contiguous() and grad.is_contiguous()) or p.numel() == 0:
+            return False
+        if grad.layout != torch.strided or p.data_ptr() == grad.data_ptr() or _overlap(p, grad):
+            return False
+        b1, b2 = group["betas"]
+        if torch.is_tensor(group["lr"]) or not (group["lr"] >= 0 and group["eps"] >= 0 and
+                                                group["weight_decay"] >= 0 and 0 <= b1 < 1 and 0 <= b2 < 1):
+            return False  # the per-parameter op raises its own error
+        state = self.state[p]
+        if state:
+            for k in ("exp_avg", "exp_avg_sq"):
+                t = state.get(k)
+                if t is None or t.dtype != p.dtype or t.shape != p.shape or not t.is_contiguous() or _overlap(t, p) \
+                        or _overlap(t, grad):
+                    return False
+        return _numba_steps_torch_cpu(self._decoupled_for(group))
+
+    def _fused_update(self, group, params):
+        from dlcore.optim import _multi_tensor as mt
+
+        buckets = {}
+        for p in params:
+            state = _adam_state(self.state[p], p)
+            state["step"] += 1
+            buckets.setdefault((p.dtype, float(state["step"].item())), []).append(p)
+        beta1, beta2 = group["betas"]
+        cache = self.__dict__.setdefault("_fused_cache", {})
+        for (dtype, step), ps in buckets.items():
+            states = [self.state[p] for p in ps]
+            key = tuple((id(p), p.data_ptr(), s["exp_avg"].data_ptr(), s["exp_avg_sq"].data_ptr())
+                        for p, s in zip(ps, states))
+            cached = cache.get(key)
+            if cached is None:
+                if len(cache) > 64:
+                    cache.clear()
+                cached = (mt.typed_list([p.detach().numpy().reshape(-1) for p in ps]),
+                          mt.typed_list([s["exp_avg"].numpy().reshape(-1) for s in states]),
+                          mt.typed_list([s["exp_avg_sq"].numpy().reshape(-1) for s in states]),
+                          mt.ChunkTable([p.numel() for p in ps]))
+                cache[key] = cached
+            pl, ml, vl, table = cached
+            grads = mt.typed_list([p.grad.detach().numpy().reshape(-1) for p in ps])
+            hyper, flags = mt.adam_hyper(pl[0].dtype, step, float(group["lr"]), float(beta1), float(beta2),
+                                         float(group["eps"]), float(group["weight_decay"]),
+                                         self._decoupled_for(group))
+            mt.adam_multi_step(pl, grads, ml, vl, table, hyper, flags)
+
+
+def _overlap(a, b) -> bool:
+    """Whether two contiguous CPU tensors' memory ranges intersect."""
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
+def _numba_steps_torch_cpu(decoupled) -> bool:
+    """Whether adam_/adamw_ on torch CPU tensors resolve to the Numba backend now (selection honoured)."""
+    try:
+        return _dispatch.resolve("adamw_" if decoupled else "adam_", "torch_cpu", None).backend.name == "numba"
+    except (_dispatch.BackendError, KeyError):  # the per-parameter path raises its own error
+        return False
+
+
+class Adam(_FusedAdam, _DlcoreStep, torch.optim.Adam):
     """`torch.optim.Adam` whose step runs dlcore's fused `adam_` kernel (one pass per parameter).
 
     Constructor arguments and state layout are torch's (see `torch.optim.Adam`); ``decoupled_weight_decay=True``
@@ -196,8 +278,11 @@ class Adam(_DlcoreStep, torch.optim.Adam):
     def _update(self, group, p, grad):
         _adam_update(group, p, grad, self.state[p], bool(group.get("decoupled_weight_decay", False)))
 
+    def _decoupled_for(self, group) -> bool:
+        return bool(group.get("decoupled_weight_decay", False))
 
-class AdamW(_DlcoreStep, torch.optim.AdamW):
+
+class AdamW(_FusedAdam, _DlcoreStep, torch.optim.AdamW):
     """`torch.optim.AdamW` whose step runs dlcore's fused `adamw_` kernel (one pass per parameter).
 
     Constructor arguments and state layout are torch's (see `torch.optim.AdamW`): a ``state_dict()`` saved
@@ -228,6 +313,9 @@ class AdamW(_DlcoreStep, torch.optim.AdamW):
 
     def _update(self, group, p, grad):
         _adam_update(group, p, grad, self.state[p], True)
+
+    def _decoupled_for(self, group) -> bool:
+        return True
 
 
 class SGD(_DlcoreStep, torch.optim.SGD):

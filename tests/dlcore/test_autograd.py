@@ -121,3 +121,35 @@ def test_tensor_over_torch_data():
 def test_python_floats_default_to_float32():
     assert Tensor([1.0, 2.0]).dtype == np.float32
     assert Tensor([1, 2]).dtype == np.int64
+
+
+def test_small_ops_run_on_one_thread_and_restore_thread_counts(monkeypatch):
+    """Ops below autograd.SERIAL_BELOW elements run their kernels on one thread (Numba and BLAS); the
+    numbers match the threaded run within rounding and the callers' thread counts come back unchanged."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    from dlcore import autograd, ops
+
+    r = np.random.default_rng(0)
+    x0 = r.standard_normal((64, 32)).astype(np.float32)
+    w0 = r.standard_normal((48, 32)).astype(np.float32)
+    y = r.integers(0, 48, 64)
+
+    def grads():
+        x, w = Tensor(x0, requires_grad=True), Tensor(w0, requires_grad=True)
+        ops.cross_entropy(ops.gelu(ops.linear(x, w)), y).backward()
+        return x.grad, w.grad
+
+    def blas():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    blas_before = blas()
+    numba_before = numba.get_num_threads()
+    small = grads()
+    assert numba.get_num_threads() == numba_before
+    assert {k: v for k, v in blas().items() if k in blas_before} == blas_before
+    monkeypatch.setattr(autograd, "SERIAL_BELOW", 0)  # the threaded path
+    threaded = grads()
+    for a, b in zip(small, threaded):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

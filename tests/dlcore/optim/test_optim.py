@@ -111,3 +111,42 @@ def test_invalid_hyperparameters():
         optim.SGD([p], lr=-1)
     with pytest.raises(ValueError, match="empty parameter list"):
         optim.Adam([])
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("sizes", [[(3, 4), (7,), (1,)], [(300, 257), (5,), (129, 1031)]], ids=["serial", "parallel"])
+def test_fused_multi_tensor_step_is_bitwise_the_per_parameter_step(decoupled, sizes):
+    """Adam/AdamW step all NumPy parameters in one fused launch; the numbers must be exactly those of one
+    dlcore.ops.adam_/adamw_ call per parameter (mixed dtypes, a second group, a param without grad)."""
+    r = np.random.default_rng(1)
+    cls = optim.AdamW if decoupled else optim.Adam
+    kw = {"lr": 3e-3, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.05}
+    ps = [nn.Parameter(r.standard_normal(s).astype(np.float32)) for s in sizes]
+    ps.append(nn.Parameter(r.standard_normal((6, 2))))  # float64: its own bucket
+    extra = nn.Parameter(r.standard_normal(9).astype(np.float32))
+    idle = nn.Parameter(r.standard_normal(4).astype(np.float32))  # no grad: skipped
+    opt = cls([{"params": ps + [idle]}, {"params": [extra], "lr": 1e-2}], **kw)
+    ref = [p.data.copy() for p in ps + [extra]]
+    moments = [(np.zeros_like(a), np.zeros_like(a)) for a in ref]
+    idle0 = idle.data.copy()
+    step_fn = dlcore.ops.adamw_ if decoupled else dlcore.ops.adam_
+    for step in range(1, 4):
+        for p in ps + [extra]:
+            p.grad = r.standard_normal(p.shape).astype(p.data.dtype)
+        grads = [p.grad.copy() for p in ps + [extra]]
+        opt.step()
+        for i, (a, g, (m, v)) in enumerate(zip(ref, grads, moments)):
+            lr = 1e-2 if i == len(ref) - 1 else kw["lr"]
+            step_fn(a, g, m, v, step=step, lr=lr, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.05)
+    for i, (p, a) in enumerate(zip(ps + [extra], ref)):
+        np.testing.assert_array_equal(p.data, a, err_msg=f"param {i}")
+        assert opt.state[id(p)]["step"] == 3
+    np.testing.assert_array_equal(idle.data, idle0)
+    assert id(idle) not in opt.state or not opt.state[id(idle)]
+
+
+def test_fused_step_falls_back_for_overlapping_grad():
+    p = nn.Parameter(np.ones(8, np.float32))
+    p.grad = p.data  # the per-parameter op's own check raises
+    with pytest.raises(ValueError, match="share memory"):
+        optim.AdamW([p]).step()

@@ -279,3 +279,29 @@ def test_rejects_what_torch_rejects():
         AdamW(p, lr=-1.0)
     with pytest.raises(ValueError):
         SGD(p, lr=0.1, nesterov=True)  # nesterov needs momentum
+
+
+@pytest.mark.parametrize("cls,decoupled", [(AdamW, True), (Adam, False)])
+@pytest.mark.parametrize("sizes", [[(3, 4), (7,)], [(300, 257), (129, 1031), (5,)]], ids=["serial", "parallel"])
+def test_fused_multi_tensor_step_is_bitwise_the_per_parameter_step(cls, decoupled, sizes):
+    """All CPU parameters of a group are stepped in one fused launch; the numbers must be exactly those
+    of one dlcore.ops.adam_/adamw_ call per parameter, and torch's state layout is kept."""
+    g = torch.Generator().manual_seed(3)
+    ps = [torch.randn(s, generator=g).requires_grad_(True) for s in sizes]
+    ps.append(torch.randn(4, 3, dtype=torch.float64, generator=g).requires_grad_(True))  # its own bucket
+    opt = cls(ps, lr=3e-3, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.05)
+    ref = [p.detach().clone() for p in ps]
+    moments = [(torch.zeros_like(a), torch.zeros_like(a)) for a in ref]
+    step_fn = dlcore.ops.adamw_ if decoupled else dlcore.ops.adam_
+    for step in range(1, 4):
+        for p in ps:
+            p.grad = torch.randn(p.shape, dtype=p.dtype, generator=g)
+        grads = [p.grad.clone() for p in ps]
+        opt.step()
+        for a, gr, (m, v) in zip(ref, grads, moments):
+            step_fn(a, gr, m, v, step=step, lr=3e-3, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.05)
+    for i, (p, a, (m, v)) in enumerate(zip(ps, ref, moments)):
+        assert torch.equal(p.detach(), a), f"param {i}"
+        assert torch.equal(opt.state[p]["exp_avg"], m) and torch.equal(opt.state[p]["exp_avg_sq"], v)
+        assert float(opt.state[p]["step"]) == 3.0 and opt.state[p]["step"].dtype == torch.float32
+    assert opt.dlcore_stats["dlcore"] == 3 * len(ps)

@@ -1,0 +1,98 @@
+"""One fused Adam/AdamW launch over many parameters (torch's ``fused=True`` / ``foreach`` idea on the CPU).
+
+The per-parameter kernel (`dlcore.ops.adam_` / `adamw_`) costs one parallel launch per tensor: for a
+transformer's ~40 parameters that is ~40 thread-pool wake-ups per step, each a scheduler slice on a busy
+machine. Here the parameters of one group (same dtype, same step count) go to one Numba kernel that walks a
+table of chunks ``(tensor, start, stop)`` in parallel. Every element gets exactly the single-tensor
+arithmetic (`_adam_update` from the Numba optimizer kernels, torch's operation-by-operation chain), so the
+result is bit-identical to stepping each parameter with `dlcore.ops.adamw_`, whatever the chunking or thread
+count. Small totals run the same loop serially on the calling thread.
+
+Arrays: lists of 1-D C-contiguous NumPy arrays of one float dtype (float32 or float64); param, exp_avg and
+exp_avg_sq are updated in place; grads are only read.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+from numba.typed import List
+
+from dlcore.kernels.numba.optimizers import _adam_update
+
+CHUNK = 1 << 16  # elements per parallel work item
+SERIAL_BELOW = 1 << 17  # total elements below which the step runs on the calling thread
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _adam_multi_kernel(params, grads, exp_avgs, exp_avg_sqs, chunk_tensor, chunk_start, chunk_stop, hyper, flags):
+    # one work item per chunk of one tensor; each element replays torch's single-tensor chain
+    for c in prange(chunk_tensor.shape[0]):
+        t = chunk_tensor[c]
+        p, g, m, v = params[t], grads[t], exp_avgs[t], exp_avg_sqs[t]
+        for i in range(chunk_start[c], chunk_stop[c]):
+            p[i], m[i], v[i] = _adam_update(p[i], g[i], m[i], v[i], hyper, flags)
+
+
+@njit(cache=True, error_model="numpy")
+def _adam_multi_serial_kernel(params, grads, exp_avgs, exp_avg_sqs, hyper, flags):
+    for t in range(len(params)):
+        p, g, m, v = params[t], grads[t], exp_avgs[t], exp_avg_sqs[t]
+        for i in range(p.shape[0]):
+            p[i], m[i], v[i] = _adam_update(p[i], g[i], m[i], v[i], hyper, flags)
+
+
+def adam_hyper(dtype, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """The per-step constants of torch's single-tensor Adam, rounded to ``dtype`` as the kernel uses them
+    (the same derivation as ``kernels/numba/optimizers.adam_step``)."""
+    f = np.dtype(dtype).type
+    step = float(step)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2**0.5
+    lerp_weight = f(1 - beta1)
+    hyper = (f(1 - lr * weight_decay), f(weight_decay), lerp_weight, lerp_weight - f(1), f(beta2),
+             f(1 - beta2), f(bias_correction2_sqrt), f(eps), f(-step_size))
+    flags = (weight_decay != 0, bool(decoupled), bool(abs(lerp_weight) < 0.5))
+    return hyper, flags
+
+
+class ChunkTable:
+    """The (tensor, start, stop) work items over a fixed list of sizes; rebuilt only when the sizes change."""
+
+    def __init__(self, sizes):
+        self.sizes = tuple(sizes)
+        tensor, start, stop = [], [], []
+        for t, n in enumerate(self.sizes):
+            for s in range(0, n, CHUNK):
+                tensor.append(t)
+                start.append(s)
+                stop.append(min(n, s + CHUNK))
+        self.tensor = np.array(tensor, np.int64)
+        self.start = np.array(start, np.int64)
+        self.stop = np.array(stop, np.int64)
+        self.total = sum(self.sizes)
+
+
+def typed_list(arrays):
+    """A Numba typed List of the arrays (a reflected Python list is deprecated in Numba)."""
+    out = List()
+    for a in arrays:
+        out.append(a)
+    return out
+
+
+def adam_multi_step(params, grads, exp_avgs, exp_avg_sqs, table, hyper, flags):
+    """One Adam/AdamW step over every tensor of the typed Lists (see `adam_hyper`); in place.
+
+    Args:
+        params, grads, exp_avgs, exp_avg_sqs: typed Lists of 1-D C-contiguous arrays, one dtype, matching
+            sizes (``table.sizes``); no two of a parameter's four arrays may overlap.
+        table: the `ChunkTable` of those sizes.
+        hyper, flags: from `adam_hyper`.
+    """
+    if table.total < SERIAL_BELOW:
+        _adam_multi_serial_kernel(params, grads, exp_avgs, exp_avg_sqs, hyper, flags)
+    else:
+        _adam_multi_kernel(params, grads, exp_avgs, exp_avg_sqs, table.tensor, table.start, table.stop, hyper,
+                           flags)
