@@ -80,6 +80,18 @@ class _NumpyMath:
 
     def index_add(self, shape, like, index, g):
         z = self.xp.zeros(shape, dtype=like.dtype)
+        if self.xp is np and isinstance(index, np.ndarray) and index.dtype.kind in "iu" and index.size \
+                and g.ndim == index.ndim + len(shape) - 1:
+            # rows gathered by an integer array (an embedding lookup): sort the rows by index and sum each
+            # run with one reduceat, instead of np.add.at's element-by-element scatter
+            idx = index.reshape(-1)
+            idx = np.where(idx < 0, idx + shape[0], idx)  # -1 and n-1 name one row (the forward checked bounds)
+            rows = g.reshape((idx.size,) + tuple(shape[1:]))
+            order = np.argsort(idx, kind="stable")  # stable: each row's terms are summed in input order
+            sorted_idx = idx[order]
+            starts = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
+            z[sorted_idx[starts]] = np.add.reduceat(rows[order], starts, axis=0)
+            return z
         self.xp.add.at(z, index, g)
         return z
 

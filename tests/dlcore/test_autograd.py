@@ -153,3 +153,18 @@ def test_small_ops_run_on_one_thread_and_restore_thread_counts(monkeypatch):
     threaded = grads()
     for a, b in zip(small, threaded):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("n,shape", [(7, (5,)), (3, (4, 6)), (256, (16, 256))], ids=["1d", "negative", "embedding"])
+def test_integer_array_indexing_gradient_sums_repeated_rows(n, shape):
+    """Rows gathered by an integer array (repeats, negative indices) get their gradients summed, as torch."""
+    r = np.random.default_rng(2)
+    w = r.standard_normal((n, 8)).astype(np.float32)
+    idx = r.integers(-n, n, shape)
+    t = Tensor(w, requires_grad=True)
+    out = t[idx]
+    g = r.standard_normal(out.shape).astype(np.float32)
+    out.backward(g)
+    tw = torch.tensor(w, requires_grad=True)
+    tw[torch.from_numpy(idx)].backward(torch.from_numpy(g))
+    assert_close(t.grad, tw.grad, rtol=1e-5, atol=1e-5)  # float32 sums in another order
