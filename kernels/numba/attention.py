@@ -388,7 +388,7 @@ def _nonfinite(x, b, r0, r1):
         xr = x[b, r]
         for c in range(xr.shape[0]):
             t += xr[c] * x.dtype.type(0.0)
-    return t != t
+    return np.isnan(t)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -526,7 +526,7 @@ def _bwd_worker(counter, ntasks, kp, qtk, dok, vp, dotk, qsk, kpk, k, kbad, lse_
     # flagged in kbad (B, Sp/BWD_BLOCK_N) as holding NaN/inf. lse_use (B, Lp): lse, +inf for rows that saw no
     # key (so P = 0 there); dsum (B, Lp): rowsum(dO * O). Writes dk (B, S, E), dv (B, S, Ev) and the group's
     # partial dQ / scale into dq_part (B, ngroup, Lp, Ep).
-    B, Sp, Ep = kp.shape
+    Sp, Ep = kp.shape[1], kp.shape[2]
     Evp = vp.shape[2]
     NR = qtk.shape[3]
     Lp = qtk.shape[1] * NR
