@@ -26,17 +26,24 @@ just read, so no read-for-ownership comes on top: these are the DRAM bytes. Meas
 machine (2-core AMD EPYC VM, shared with other jobs, 2026-11-26; bench/bench_optimizers.py's ``stream`` row
 is a Numba pass with exactly Adam's or SGD's loads and stores and an add for the arithmetic):
 
-* at load average 7-8 (pytest-benchmark, 10 rounds, medians): adam 47.9 ms vs stream 47.1; adamw 46.5 vs
-  47.7; sgd 32.1 vs 32.6; torch fused=True 59.0 / 35.1 / 32.0, foreach 472 / 352 / 222;
+* at load average 7-8 (pytest-benchmark, 10 rounds, medians, before the block split): adam 47.9 ms vs
+  stream 47.1; adamw 46.5 vs 47.7; sgd 32.1 vs 32.6; torch fused=True 59.0 / 35.1 / 32.0, foreach 472 /
+  352 / 222;
 * at load 5.4 (one process, interleaved, 15 rounds): stream 24 ms on 64-byte-aligned and on 16-byte-offset
   arrays alike, the previous per-element ``prange`` AdamW 24 ms aligned but 28 ms at the 16-byte offset
-  (hence the aligned blocks); RESULTS.md's quiet run had torch fused AdamW at 24.1 ms.
+  (hence the aligned blocks);
+* at load 1.7-2.2 (one process, interleaved with torch, 11 rounds, medians; previous kernel / this one /
+  torch fused / foreach): adamw 13.4 / 12.9 / 13.6 / 79.4 ms (12.9 ms = 36 GB/s); sgd 10.8 / 8.7 / 9.6 /
+  59.1 ms (SGD gained from one loop per buffer use instead of a select inside the loop); pytest-benchmark
+  at load 2.9: adam 13.5 ms vs stream 13.3 vs fused 15.5.
 
-So this kernel and torch's fused one both run at the stream floor, ~470 MB / 24 ms = 19.6 GB/s here;
-torch skips nothing (same 28 bytes), it only beats the "copy bandwidth" of RESULTS.md (16.7 GB/s), which
-understates the floor because a copy also reads its destination (3 transfers counted as 2). 1.2x torch
-fused would need ~20 ms for AdamW, below what a pass that must read and write these four arrays takes on
-this machine; only moving fewer bytes (e.g. bfloat16 state) would get there, which changes the numbers.
+So this kernel and torch's fused one both run at the stream floor (the floor's GB/s swings 2.5x with the
+other jobs' load: 470 MB in 13-48 ms); torch skips nothing (same 28 bytes), it only beats the "copy
+bandwidth" of RESULTS.md (16.7 GB/s), which understates the floor because a copy also reads its destination
+(3 transfers counted as 2). 1.2x torch fused would need a pass ~20% faster than the plain stream pass
+over the same arrays, which no variant tried here (per-element or blocked prange, aligned blocks, 32-wide
+unrolled tiles) came near; only moving fewer bytes (e.g. bfloat16 state) would, and that changes the
+numbers.
 """
 import numpy as np
 from numba import njit, prange
@@ -116,12 +123,18 @@ def _sgd_kernel(param, grad, buf, hyper, flags, head, n_tasks):
     use_buf, read_buf = flags[1], flags[1] and not flags[2]  # momentum; momentum after the first step
     for k in prange(n_tasks + 1):
         lo, hi = _task_bounds(k, n_tasks, head, param.shape[0])
-        pk, gk, bk = param[lo:hi], grad[lo:hi], buf[lo:hi] if use_buf else buf  # 1-D views: a vector loop
-        for i in range(hi - lo):
-            p, b = _sgd_update(pk[i], gk[i], bk[i] if read_buf else pk[i], hyper, flags)
-            if use_buf:
-                bk[i] = b
-            pk[i] = p
+        pk, gk = param[lo:hi], grad[lo:hi]  # 1-D views: vector loops, one per buffer use (no select inside)
+        if read_buf:
+            bk = buf[lo:hi]
+            for i in range(hi - lo):
+                pk[i], bk[i] = _sgd_update(pk[i], gk[i], bk[i], hyper, flags)
+        elif use_buf:
+            bk = buf[lo:hi]
+            for i in range(hi - lo):
+                pk[i], bk[i] = _sgd_update(pk[i], gk[i], pk[i], hyper, flags)
+        else:
+            for i in range(hi - lo):
+                pk[i] = _sgd_update(pk[i], gk[i], pk[i], hyper, flags)[0]
 
 
 @njit(cache=True, error_model="numpy")
