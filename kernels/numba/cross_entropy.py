@@ -29,15 +29,17 @@ Floor: reads N*C logits once and writes N*C gradients once (8 bytes per float32 
 the gradient writes also cost a read-for-ownership (and a first-touch page fault when the buffer is fresh),
 so a plain-store kernel moves ~12 bytes per logit through DRAM. Compute: one exp and ~6 flops per logit.
 
-Measured on the project machine (2-core AMD EPYC VM shared with other jobs, load average 5.5-8,
-2026-11-26; fwd+bwd through ``dlcore.ops.cross_entropy`` on torch tensors, interleaved with torch's
-``F.cross_entropy``, medians of 7 and 3 rounds): 4096x32000 244 ms (best 164) vs torch 2638 ms, 10.8x;
-8192x50257 1257 ms vs 15084 ms, 12.0x. The 8-byte floor at 16.7 GB/s is 63 / 197 ms; the process's CPU
-time (both threads) was 167 / 496 ms, i.e. ~83 / ~248 ms on two dedicated cores (75-80% of the floor's
-bandwidth), but the wall-clock share could not be confirmed under that load. Per logit, one thread, row in
+Measured on the project machine (2-core AMD EPYC VM shared with other jobs, 2026-11-26; fwd+bwd through
+``dlcore.ops.cross_entropy`` on torch tensors, interleaved with torch's ``F.cross_entropy``, medians of 7
+and 3 rounds). At load average 2.2, with the parallel copy bandwidth measured at 30.6 GB/s right after:
+4096x32000 81 ms (best 74) vs torch 871 ms, 10.7x, 12.9 GB/s at 8 bytes per logit = 42% of the copy
+bandwidth; 8192x50257 299 ms (best 246) vs torch 3327 ms, 11.1x, 11.0 GB/s = 36% (best round 44%). At
+load 5.5-8 the same runs gave 244 / 1257 ms vs torch 2638 / 15084 ms (10.8x, 12.0x), and pytest-benchmark
+(load 4-6, not interleaved) 224 / 543 ms vs 1538 / 5079 ms (6.9x, 9.4x). Per logit, one thread, row in
 cache: max 0.08 ns, exp 0.42, float64 sum 0.10, rescale 0.09 (0.64 ns: ~42 ms of the 4096x32000 case on
-two cores, not overlapped with the max pass's DRAM reads). Before: 565 ms (RESULTS.md), ~300 ms of which
-were first-touch page faults of the fresh gradient, now recycled (below).
+two cores, not overlapped with the max pass's DRAM reads). Before: 565 ms in RESULTS.md (scalar libm exp,
+fresh gradient). A fresh 524 MB gradient's first-touch page faults alone cost ~300 ms here (a parallel
+copy into fresh memory took 370 ms vs 64 ms into reused memory, at load 5.7), hence the recycling below.
 """
 import math
 import threading
