@@ -40,7 +40,9 @@ def record_peak_memory(benchmark, fn, backend, max_qkv_multiples):
         tracemalloc.stop()
     benchmark.extra_info["peak_mib"] = peak / 2**20
     if backend == "numba":
-        assert peak < max_qkv_multiples * QKV_BYTES and peak < SCORES_BYTES / 4, (peak, QKV_BYTES)
+        # a bounded number of q-sized arrays, and less than the one set of (L, L) scores a non-fused
+        # implementation holds; that the peak grows linearly in L is tests/kernels/test_attention.py's job
+        assert peak < max_qkv_multiples * QKV_BYTES and peak < SCORES_BYTES, (peak, QKV_BYTES, SCORES_BYTES)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

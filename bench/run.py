@@ -3,6 +3,7 @@
     python -m bench.run                 # everything
     python -m bench.run -k softmax      # extra arguments go to pytest
     python -m bench.run --one-pass      # skip the second, single-thread pass
+    python -m bench.run --report-only   # rewrite RESULTS.md and the chart from the last run's JSON (no timing)
 
 Every row: op, shape, dtype, backend, median and interquartile range over rounds, ratio to torch on the
 same inputs in the same process, the floor (bytes or FLOPs over the measured limit), achieved GB/s or
@@ -25,6 +26,7 @@ ROOT = os.path.dirname(HERE)
 JSON = os.path.join(HERE, "results.json")
 JSON_1T = os.path.join(HERE, "results-1thread.json")
 LIMITS = os.path.join(HERE, "limits.json")
+MACHINE = os.path.join(HERE, "machine.json")  # who ran the last timing run: reused by --report-only
 MD = os.path.join(HERE, "RESULTS.md")
 PNG = os.path.join(HERE, "results.png")
 
@@ -194,18 +196,25 @@ def write_chart(rows):
 
 def main(argv):
     one_pass = "--one-pass" in argv
-    argv = [a for a in argv if a != "--one-pass"]
-    rc = run_pytest(argv)
+    report_only = "--report-only" in argv
+    argv = [a for a in argv if a not in ("--one-pass", "--report-only")]
+    rc = 0 if report_only else run_pytest(argv)
     if not os.path.exists(JSON):
         return rc or 1
-    rows_1t = None
-    if not one_pass:
+    if not (one_pass or report_only):
         rc = run_pytest([*argv, *SINGLE_THREAD_SELECTION], JSON_1T, {"NUMBA_NUM_THREADS": "1"}) or rc
-        rows_1t = rows_from_json(JSON_1T) if os.path.exists(JSON_1T) else None
+    rows_1t = rows_from_json(JSON_1T) if not one_pass and os.path.exists(JSON_1T) else None
     rows = rows_from_json()
     with open(LIMITS) as f:
         limits = json.load(f)
-    write_markdown(rows, _machine(), limits, rows_1t)
+    if report_only and os.path.exists(MACHINE):
+        with open(MACHINE) as f:
+            machine = json.load(f)
+    else:
+        machine = _machine()
+        with open(MACHINE, "w") as f:
+            json.dump(machine, f, indent=1)
+    write_markdown(rows, machine, limits, rows_1t)
     write_chart(rows)
     with open(MD) as f:
         print(f.read())
