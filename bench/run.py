@@ -4,6 +4,7 @@
     python -m bench.run -k softmax      # extra arguments go to pytest
     python -m bench.run --one-pass      # skip the second, single-thread pass
     python -m bench.run --report-only   # rewrite RESULTS.md and the chart from the last run's JSON (no timing)
+    python -m bench.run --single-thread-only   # redo only the single-thread pass, then rewrite RESULTS.md
 
 Every row: op, shape, dtype, backend, median and interquartile range over rounds, ratio to torch on the
 same inputs in the same process, the floor (bytes or FLOPs over the measured limit), achieved GB/s or
@@ -40,8 +41,12 @@ def run_pytest(extra, json_path=JSON, env_extra=None):
     return subprocess.call(cmd, cwd=ROOT, env=env)
 
 
-# The single-thread pass: dlcore's Numba rows and torch's, not the slow NumPy references.
+# The single-thread pass: dlcore's Numba rows and torch's, not the slow NumPy references. Every pool is
+# limited: Numba's, torch's (conftest follows Numba's count) and the BLAS libraries' (np.matmul's OpenBLAS
+# does not read NUMBA_NUM_THREADS).
 SINGLE_THREAD_SELECTION = ["-k", "not numpy"]
+SINGLE_THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+                     "MKL_NUM_THREADS": "1"}
 
 
 def _machine():
@@ -101,7 +106,8 @@ def _thread_lines(rows, rows_1t, threads):
     lines = [
         f"## One thread vs {threads}",
         "",
-        "The same rows rerun with one thread on both sides (`NUMBA_NUM_THREADS=1`, `torch.set_num_threads(1)`).",
+        "The same rows rerun with one thread on both sides (`NUMBA_NUM_THREADS=1`, `OPENBLAS_NUM_THREADS=1`,",
+        "`OMP_NUM_THREADS=1`, `torch.set_num_threads(1)`): the scaling column is what the second core buys.",
         "",
         f"| op | shape | backend | 1 thread ms | {threads} threads ms | scaling | x torch (1 thread) |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: |",
@@ -197,17 +203,18 @@ def write_chart(rows):
 def main(argv):
     one_pass = "--one-pass" in argv
     report_only = "--report-only" in argv
-    argv = [a for a in argv if a not in ("--one-pass", "--report-only")]
-    rc = 0 if report_only else run_pytest(argv)
+    single_only = "--single-thread-only" in argv
+    argv = [a for a in argv if a not in ("--one-pass", "--report-only", "--single-thread-only")]
+    rc = 0 if (report_only or single_only) else run_pytest(argv)
     if not os.path.exists(JSON):
         return rc or 1
     if not (one_pass or report_only):
-        rc = run_pytest([*argv, *SINGLE_THREAD_SELECTION], JSON_1T, {"NUMBA_NUM_THREADS": "1"}) or rc
+        rc = run_pytest([*argv, *SINGLE_THREAD_SELECTION], JSON_1T, SINGLE_THREAD_ENV) or rc
     rows_1t = rows_from_json(JSON_1T) if not one_pass and os.path.exists(JSON_1T) else None
     rows = rows_from_json()
     with open(LIMITS) as f:
         limits = json.load(f)
-    if report_only and os.path.exists(MACHINE):
+    if (report_only or single_only) and os.path.exists(MACHINE):
         with open(MACHINE) as f:
             machine = json.load(f)
     else:
