@@ -27,17 +27,18 @@ ROOT = os.path.dirname(HERE)
 JSON = os.path.join(HERE, "results.json")
 JSON_1T = os.path.join(HERE, "results-1thread.json")
 LIMITS = os.path.join(HERE, "limits.json")
+LIMITS_1T = os.path.join(HERE, "limits-1thread.json")
 MACHINE = os.path.join(HERE, "machine.json")  # who ran the last timing run: reused by --report-only
 MD = os.path.join(HERE, "RESULTS.md")
 PNG = os.path.join(HERE, "results.png")
 
 
-def run_pytest(extra, json_path=JSON, env_extra=None):
+def run_pytest(extra, json_path=JSON, env_extra=None, limits_path=LIMITS):
     cmd = [sys.executable, "-m", "pytest", HERE, "-q", "-p", "no:cacheprovider",
            "-o", "python_files=bench_*.py", "-o", "python_functions=bench_*",
            "--benchmark-only", f"--benchmark-json={json_path}", "--benchmark-columns=median,iqr,rounds",
            "--benchmark-sort=name", *extra]
-    env = {**os.environ, "DLCORE_BENCH_LIMITS": LIMITS, **(env_extra or {})}
+    env = {**os.environ, "DLCORE_BENCH_LIMITS": limits_path, **(env_extra or {})}
     return subprocess.call(cmd, cwd=ROOT, env=env)
 
 
@@ -209,7 +210,7 @@ def main(argv):
     if not os.path.exists(JSON):
         return rc or 1
     if not (one_pass or report_only):
-        rc = run_pytest([*argv, *SINGLE_THREAD_SELECTION], JSON_1T, SINGLE_THREAD_ENV) or rc
+        rc = run_pytest([*argv, *SINGLE_THREAD_SELECTION], JSON_1T, SINGLE_THREAD_ENV, LIMITS_1T) or rc
     rows_1t = rows_from_json(JSON_1T) if not one_pass and os.path.exists(JSON_1T) else None
     rows = rows_from_json()
     with open(LIMITS) as f:
