@@ -68,6 +68,10 @@ class Regressor(RegressorMixin, _MLPEstimator):
     the targets' scale. Training uses AdamW on mini-batches and stops early when the loss on a held-out
     ``validation_fraction`` of the data has not improved for ``patience`` epochs, keeping the best weights.
 
+    On small tabular data an MLP is not guaranteed to beat a linear model: on scikit-learn's diabetes set
+    (442 rows) the default reaches R^2 0.465 on the fixed split of the quality test (LinearRegression 0.453),
+    but averaged over 15 random splits and seeds it scores 0.409 against LinearRegression's 0.425.
+
     Args:
         hidden_layer_sizes: widths of the hidden layers.
         activation: 'gelu', 'relu', 'silu' or 'tanh'.
