@@ -26,11 +26,12 @@ Floor: 2*N*O*K flops at the BLAS's speed, plus one read+write of the ``(N, O)`` 
 import numba
 import numpy as np
 
+from .. import _composed_linear_act as _composed
 from . import _vmath as vm
 from . import activations as _act
 from . import matmul as _mm
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "none")
+ACTIVATIONS = _composed.ACTIVATIONS
 _CODES = {name: i for i, name in enumerate(ACTIVATIONS)}
 
 
@@ -112,8 +113,7 @@ def _grad_pre_kernel(saved, grad, out, code):
 
 
 def _code(activation):
-    if activation not in _CODES:
-        raise ValueError(f"linear_act: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    _composed.check(activation)
     return _CODES[activation]
 
 

@@ -13,43 +13,11 @@ The activation math is the NumPy reference's own (`activations.py`), computed in
 Floor: 2*N*O*K flops for the GEMM; the epilogue adds one pass over the ``(N, O)`` output.
 """
 
+from .. import _composed_linear_act as _composed
 from . import activations as _act
 from . import matmul as _mm
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "none")
-
-
-def _check(activation):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"linear_act: activation must be one of {ACTIVATIONS}, got {activation!r}")
-
-
-def _forward_act(pre, activation):
-    flat = pre.reshape(-1)
-    if activation == "gelu":
-        y = _act.gelu_forward(flat, "none")
-    elif activation == "gelu_tanh":
-        y = _act.gelu_forward(flat, "tanh")
-    elif activation == "relu":
-        y = _act.relu_forward(flat)
-    elif activation == "silu":
-        y = _act.silu_forward(flat)
-    else:
-        return pre
-    return y.reshape(pre.shape)
-
-
-def _backward_act(saved, grad, activation):
-    flat, g = saved.reshape(-1), grad.reshape(-1)
-    if activation == "gelu":
-        gx = _act.gelu_backward(flat, g, "none")
-    elif activation == "gelu_tanh":
-        gx = _act.gelu_backward(flat, g, "tanh")
-    elif activation == "relu":
-        gx = _act.relu_backward(flat, g)
-    else:
-        gx = _act.silu_backward(flat, g)
-    return gx.reshape(grad.shape)
+ACTIVATIONS = _composed.ACTIVATIONS
 
 
 def linear_act_forward(x, weight, bias, activation, save):
@@ -70,12 +38,7 @@ def linear_act_forward(x, weight, bias, activation, save):
         >>> y.tolist()
         [[2.0, 2.0, 2.0]]
     """
-    _check(activation)
-    pre = _mm.linear(x, weight, bias)
-    y = _forward_act(pre, activation)
-    if not save or activation == "none":
-        return y, None
-    return y, (y if activation == "relu" else pre)
+    return _composed.forward(_mm, _act, x, weight, bias, activation, save)
 
 
 def linear_act_backward(grad, x, weight, bias, saved, activation):
@@ -95,15 +58,7 @@ def linear_act_backward(grad, x, weight, bias, saved, activation):
         >>> gx.tolist(), gb
         ([[3.0, 3.0]], None)
     """
-    _check(activation)
-    if activation == "none":
-        g_pre = grad
-    else:
-        if saved is None:
-            pre = _mm.linear(x, weight, bias)
-            saved = _forward_act(pre, "relu") if activation == "relu" else pre
-        g_pre = _backward_act(saved, grad, activation)
-    return _mm.linear_backward(g_pre, x, weight, bias is not None)
+    return _composed.backward(_mm, _act, grad, x, weight, bias, saved, activation)
 
 
 EXPLAIN = {"linear_act": "the reference: np.matmul, then the NumPy activation on the whole output"}

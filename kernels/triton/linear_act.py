@@ -8,19 +8,9 @@ before it is stored) is the obvious next step. Semantics and `saved` as the NumP
 """
 from __future__ import annotations
 
+from .. import _composed_linear_act as _composed
 from . import activations as _act
 from . import matmul as _mm
-
-_FORWARD = {"gelu": lambda v: _act.gelu_forward(v, "none"), "gelu_tanh": lambda v: _act.gelu_forward(v, "tanh"),
-            "relu": _act.relu_forward, "silu": _act.silu_forward}
-_BACKWARD = {"gelu": lambda v, g: _act.gelu_backward(v, g, "none"),
-             "gelu_tanh": lambda v, g: _act.gelu_backward(v, g, "tanh"),
-             "relu": _act.relu_backward, "silu": _act.silu_backward}
-
-
-def _check(activation):
-    if activation not in _FORWARD and activation != "none":
-        raise ValueError(f"linear_act: activation must be one of {tuple(_FORWARD) + ('none',)}, got {activation!r}")
 
 
 def linear_act_forward(x, weight, bias, activation, save):
@@ -33,14 +23,7 @@ def linear_act_forward(x, weight, bias, activation, save):
     Returns:
         ``(y, saved)``: y ``(N, O)``; saved the pre-activation (y for relu) or None.
     """
-    _check(activation)
-    pre = _mm.linear(x, weight, bias)
-    if activation == "none":
-        return pre, None
-    y = _FORWARD[activation](pre.reshape(-1)).reshape(pre.shape)
-    if not save:
-        return y, None
-    return y, (y if activation == "relu" else pre)
+    return _composed.forward(_mm, _act, x, weight, bias, activation, save)
 
 
 def linear_act_backward(grad, x, weight, bias, saved, activation):
@@ -53,12 +36,4 @@ def linear_act_backward(grad, x, weight, bias, saved, activation):
     Returns:
         ``(grad_x (N, K), grad_weight (O, K), grad_bias (O,) or None)``.
     """
-    _check(activation)
-    if activation == "none":
-        g_pre = grad
-    else:
-        if saved is None:
-            pre = _mm.linear(x, weight, bias)
-            saved = _FORWARD["relu"](pre.reshape(-1)).reshape(pre.shape) if activation == "relu" else pre
-        g_pre = _BACKWARD[activation](saved.reshape(-1), grad.reshape(-1)).reshape(grad.shape)
-    return _mm.linear_backward(g_pre, x, weight, bias is not None)
+    return _composed.backward(_mm, _act, grad, x, weight, bias, saved, activation)
