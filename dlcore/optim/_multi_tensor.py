@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 from numba.typed import List
 
-from dlcore.kernels.numba.optimizers import _adam_update
+from dlcore.kernels.numba.optimizers import _adam_update, adam_hyper  # noqa: F401 - adam_hyper re-exported
 
 CHUNK = 1 << 16  # elements per parallel work item
 SERIAL_BELOW = 1 << 17  # total elements below which the step runs on the calling thread
@@ -39,22 +39,6 @@ def _adam_multi_serial_kernel(params, grads, exp_avgs, exp_avg_sqs, hyper, flags
         p, g, m, v = params[t], grads[t], exp_avgs[t], exp_avg_sqs[t]
         for i in range(p.shape[0]):
             p[i], m[i], v[i] = _adam_update(p[i], g[i], m[i], v[i], hyper, flags)
-
-
-def adam_hyper(dtype, step, lr, beta1, beta2, eps, weight_decay, decoupled):
-    """The per-step constants of torch's single-tensor Adam, rounded to ``dtype`` as the kernel uses them
-    (the same derivation as ``kernels/numba/optimizers.adam_step``)."""
-    f = np.dtype(dtype).type
-    step = float(step)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
-    bias_correction2_sqrt = bias_correction2**0.5
-    lerp_weight = f(1 - beta1)
-    hyper = (f(1 - lr * weight_decay), f(weight_decay), lerp_weight, lerp_weight - f(1), f(beta2),
-             f(1 - beta2), f(bias_correction2_sqrt), f(eps), f(-step_size))
-    flags = (weight_decay != 0, bool(decoupled), bool(abs(lerp_weight) < 0.5))
-    return hyper, flags
 
 
 class ChunkTable:

@@ -222,6 +222,26 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum, dampening, nesterov, we
     return buf if use_momentum else None
 
 
+def adam_hyper(dtype, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """The per-step constants of torch's single-tensor Adam, rounded to ``dtype`` as the update uses them.
+
+    Returns:
+        ``(hyper, flags)`` for `_adam_update`: hyper a tuple of 9 ``dtype`` scalars, flags 3 bools
+        (weight decay on, decoupled, lerp from the small side).
+    """
+    f = np.dtype(dtype).type
+    step = float(step)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2**0.5
+    lerp_weight = f(1 - beta1)
+    hyper = (f(1 - lr * weight_decay), f(weight_decay), lerp_weight, lerp_weight - f(1), f(beta2),
+             f(1 - beta2), f(bias_correction2_sqrt), f(eps), f(-step_size))
+    flags = (weight_decay != 0, bool(decoupled), bool(abs(lerp_weight) < 0.5))
+    return hyper, flags
+
+
 def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, decoupled):
     """One torch.optim.Adam (``decoupled=False``) or AdamW (``decoupled=True``) step, fused and in place.
 
@@ -247,15 +267,6 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, wei
         >>> round(float(p[0]), 6)
         0.999
     """
-    f = param.dtype.type
-    step = float(step)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
-    bias_correction2_sqrt = bias_correction2**0.5
-    lerp_weight = f(1 - beta1)
-    hyper = (f(1 - lr * weight_decay), f(weight_decay), lerp_weight, lerp_weight - f(1), f(beta2),
-             f(1 - beta2), f(bias_correction2_sqrt), f(eps), f(-step_size))
-    flags = (weight_decay != 0, bool(decoupled), bool(abs(lerp_weight) < 0.5))
+    hyper, flags = adam_hyper(param.dtype, step, lr, beta1, beta2, eps, weight_decay, decoupled)
     kernel = _adam_kernel if param.shape[0] >= _SERIAL_BELOW else _adam_serial_kernel
     kernel(param, grad, exp_avg, exp_avg_sq, hyper, flags, _alignment_head(param), _TASKS)
