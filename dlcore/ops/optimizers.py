@@ -12,19 +12,37 @@ from dlcore import _arrays
 from dlcore.ops._common import Call
 
 
+def _byte_extent(ptr, shape, strides, itemsize):
+    """[lo, hi) of the bytes an array with these strides (in bytes) touches; None when it is empty."""
+    if any(n == 0 for n in shape):
+        return None
+    lo = hi = ptr
+    for n, st in zip(shape, strides):
+        if st >= 0:
+            hi += (n - 1) * st
+        else:
+            lo += (n - 1) * st
+    return lo, hi + itemsize
+
+
 def _shares_memory(a, b) -> bool:
+    """Whether two arrays may share memory. NumPy (and torch CPU) arrays get NumPy's exact answer; torch
+    CUDA tensors and CuPy arrays get an overlap test of their byte ranges (conservative, and O(1): CuPy's
+    exact ``shares_memory`` costs as much as a pass over the arrays)."""
     if a is None or b is None:
         return False
     if _arrays.is_torch(a):
         a, b = a.detach(), b.detach()
-        if a.device.type != "cpu":
-            return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-        a, b = a.numpy(), b.numpy()
-    if _arrays.is_cupy(a):
-        import cupy
-
-        return bool(cupy.shares_memory(a, b))
-    return bool(np.shares_memory(a, b))
+        if a.device.type == "cpu":
+            return bool(np.shares_memory(a.numpy(), b.numpy()))
+        ea = _byte_extent(a.data_ptr(), a.shape, [s * a.element_size() for s in a.stride()], a.element_size())
+        eb = _byte_extent(b.data_ptr(), b.shape, [s * b.element_size() for s in b.stride()], b.element_size())
+    elif _arrays.is_cupy(a):
+        ea = _byte_extent(a.data.ptr, a.shape, a.strides, a.itemsize)
+        eb = _byte_extent(b.data.ptr, b.shape, b.strides, b.itemsize)
+    else:
+        return bool(np.shares_memory(a, b))
+    return ea is not None and eb is not None and ea[0] < eb[1] and eb[0] < ea[1]
 
 
 def _check(op, named, call):

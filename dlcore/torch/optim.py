@@ -109,6 +109,7 @@ class _DlcoreStep:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._step_serial = getattr(self, "_step_serial", 0) + 1
         torch_groups = []
         with torch.no_grad():
             for group in self.param_groups:
@@ -178,14 +179,17 @@ def _adam_update(group, p, grad, state, decoupled):
 
 
 class _FusedAdam:
-    """One fused Adam/AdamW launch over a group's CPU parameters (`dlcore.optim._multi_tensor`): the same
-    numbers as one `adam_`/`adamw_` call per parameter, in one thread-pool launch instead of one each."""
+    """One fused Adam/AdamW launch per (device, dtype, step count) over a group's parameters: CPU tensors
+    through the Numba multi-tensor kernel (`dlcore.optim._multi_tensor`), CUDA tensors through the Triton
+    one (`dlcore.kernels.triton.optimizers.adam_multi_step`, one launch however many parameters, as torch's
+    ``fused=True``). The same numbers as one `adam_`/`adamw_` call per parameter."""
 
     def _decoupled_for(self, group) -> bool:
         raise NotImplementedError
 
     def _fusable(self, group, p, grad) -> bool:
-        if p.device.type != "cpu" or not (p.is_contiguous() and grad.is_contiguous()) or p.numel() == 0:
+        if p.device.type not in ("cpu", "cuda") or not (p.is_contiguous() and grad.is_contiguous()) \
+                or p.numel() == 0:
             return False
         if grad.layout != torch.strided or p.data_ptr() == grad.data_ptr() or _overlap(p, grad):
             return False
@@ -200,20 +204,45 @@ class _FusedAdam:
                 if t is None or t.dtype != p.dtype or t.shape != p.shape or not t.is_contiguous() or _overlap(t, p) \
                         or _overlap(t, grad):
                     return False
-        return _numba_steps_torch_cpu(self._decoupled_for(group))
+        # which backend runs adam_/adamw_ cannot change during one step(): resolve it once per step
+        memo = self.__dict__.setdefault("_backend_memo", {})
+        key = (p.device.type, self._decoupled_for(group), self._step_serial)
+        ok = memo.get(key)
+        if ok is None:
+            if len(memo) > 8:
+                memo.clear()
+            check = _triton_steps_torch_cuda if p.device.type == "cuda" else _numba_steps_torch_cpu
+            ok = memo[key] = check(self._decoupled_for(group))
+        return ok
 
     def _fused_update(self, group, params):
         from dlcore.optim import _multi_tensor as mt
 
+        states = [_adam_state(self.state[p], p) for p in params]
+        steps = [s["step"] for s in states]
+        if hasattr(torch, "_foreach_add_") and len({t.dtype for t in steps}) == 1:
+            torch._foreach_add_(steps, 1)  # torch's own step bump, one call for the group
+            counts = torch.stack(steps).tolist()
+        else:
+            for t in steps:
+                t += 1
+            counts = [t.item() for t in steps]
         buckets = {}
-        for p in params:
-            state = _adam_state(self.state[p], p)
-            state["step"] += 1
-            buckets.setdefault((p.dtype, float(state["step"].item())), []).append(p)
+        for p, n in zip(params, counts):
+            buckets.setdefault((p.device, p.dtype, float(n)), []).append(p)
         beta1, beta2 = group["betas"]
         cache = self.__dict__.setdefault("_fused_cache", {})
-        for (dtype, step), ps in buckets.items():
+        for (device, dtype, step), ps in buckets.items():
             states = [self.state[p] for p in ps]
+            if device.type == "cuda":
+                from dlcore.kernels.triton.optimizers import adam_multi_step
+
+                adam_multi_step([p.detach().view(-1) for p in ps], [p.grad.detach().view(-1) for p in ps],
+                                [s["exp_avg"].view(-1) for s in states], [s["exp_avg_sq"].view(-1) for s in states],
+                                step=step, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
+                                eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
+                                decoupled=self._decoupled_for(group))
+                continue
             key = tuple((id(p), p.data_ptr(), s["exp_avg"].data_ptr(), s["exp_avg_sq"].data_ptr())
                         for p, s in zip(ps, states))
             cached = cache.get(key)
@@ -234,9 +263,17 @@ class _FusedAdam:
 
 
 def _overlap(a, b) -> bool:
-    """Whether two contiguous CPU tensors' memory ranges intersect."""
+    """Whether two contiguous tensors' memory ranges intersect (CPU or CUDA, same device)."""
     a0, b0 = a.data_ptr(), b.data_ptr()
     return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
+def _triton_steps_torch_cuda(decoupled) -> bool:
+    """Whether adam_/adamw_ on torch CUDA tensors resolve to the Triton backend now (selection honoured)."""
+    try:
+        return _dispatch.resolve("adamw_" if decoupled else "adam_", "torch_cuda", None).backend.name == "triton"
+    except (_dispatch.BackendError, KeyError):
+        return False
 
 
 def _numba_steps_torch_cpu(decoupled) -> bool:

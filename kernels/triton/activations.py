@@ -1,6 +1,6 @@
 """Triton elementwise activations (GELU exact/tanh, ReLU, SiLU), forward and backward, over 1-D tensors.
 
-One program per ELEMENTWISE_BLOCK elements. Floor: the bytes, read each input once and write the output
+One program per ELEMENTWISE_BLOCK (4096) elements. Floor: the bytes, read each input once and write the output
 once (forward 2*n*itemsize, backward 3*n*itemsize); the math (one exp or erf per element) hides under the
 loads. 16-bit inputs are computed in fp32 and rounded once on store.
 """
@@ -8,7 +8,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, acc_dtype
+from ._common import acc_dtype
+
+# Elements per program: 4096 over 4 warps ran GELU (erf) on 134M bf16 values in 0.181 ms on an H200, against
+# 0.192 ms with the shared 1024 (erf's ~20 instructions per element make this kernel compute-heavy there).
+ELEMENTWISE_BLOCK = 4096
 
 _RELU, _SILU, _GELU_ERF, _GELU_TANH = 0, 1, 2, 3
 # Constants written inline in the kernels: 0.7071067811865476 = 1/sqrt(2), 0.3989422804014327 =

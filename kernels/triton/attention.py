@@ -16,12 +16,18 @@ row with no admissible key gets output 0, lse -inf and zero gradients, as torch'
 
 NaN/inf policy (the NumPy reference's, RELIABILITY.md item 8): a key whose probability is exactly 0
 contributes nothing, even when its K or V row holds NaN, inf or 1e10. Masked scores are removed with a
-select; for ``P @ V`` (and ``dS @ K`` in the backward) a tiny pre-pass flags the key tiles holding
-non-finite values, and only those tiles take a slow key-by-key path with a select; the others use
-``tl.dot``. ``dS`` is set to exactly 0 where ``P`` is 0. Other NaN/inf propagate as in torch.
+select; for ``P @ V`` (and ``dS @ K`` in the backward) a tiny pre-pass flags the 16-row groups of keys
+holding non-finite values. Every tile takes ``tl.dot`` (its loads and dots stay in the software pipeline);
+a flagged tile then redoes that product: with the non-finite rows of keys nobody in the tile attends set
+to 0 (the common case, key padding: bit-identical to a clean tile), else key by key with a select.
+``dS`` is set to exactly 0 where ``P`` is 0. Other NaN/inf propagate as in torch.
 
-Head dims E and Ev are padded to powers of two (>= 16) with masked loads. All products accumulate in fp32
-(fp64 for fp64); fp32 operands use IEEE dot products, fp16/bf16 run on the tensor cores.
+Head dims E and Ev that are not powers of two (>= 16) are zero-padded on the host (one copy of q, k, v;
+the kernels then load whole rows with no head-dim mask: a masked head dim gave wrong fp16 results through
+Hopper's pipelined tensor-core path). All products accumulate in fp32 (fp64 for fp64); fp32 operands use
+IEEE dot products, fp16/bf16 run on the tensor cores, fp64 products are broadcast multiply-sums (Triton
+has no fp64 MMA for these shapes on Hopper). On a GPU, problems of 2^22+ score elements pick their tile
+sizes by autotuning (once per head dim, dtype, mask kind and length bucket).
 
 Floors: forward ``4*B*L*S*E``-ish FLOPs (2 matmuls; half of it when causal); backward ~2.5x the forward
 (5 matmuls); bytes ``(q, k, v, out)`` once each, plus the mask when given.
@@ -63,40 +69,63 @@ def _tile_scores(
     return tl.where(valid, s, -float("inf"))
 
 
-@triton.jit
-def _skip_zero_products(
-    a,  # (BM, BN) fp32 coefficients (probabilities or dS) of this key tile
-    x_base,  # pointer to row 0 of the (S, D) operand (V or K) at this batch
-    start_n, offs_n, offs_d,
-    stride_xs, stride_xd,
-    S, D,
-    BLOCK_N: tl.constexpr,
-):
-    """``a @ x_tile`` where a zero coefficient contributes nothing even against a NaN/inf row of x.
+FLAG_N = 16  # key rows per non-finite flag (the smallest BLOCK_N)
 
-    Slow (one key row at a time, BLOCK_N rank-1 updates): used only for tiles flagged as holding NaN/inf.
-    """
-    out = tl.zeros([a.shape[0], offs_d.shape[0]], dtype=a.dtype)
-    for j in range(BLOCK_N):
-        a_col = tl.sum(tl.where(offs_n[None, :] == j, a, 0.0), axis=1)  # column j of the tile
-        key = tl.cast(start_n + j, tl.int64)
-        # (a past-the-end key loads nothing: its column of a is 0. The bound is folded into one
-        # comparison because the interpreter mishandles a 0-d & 1-d boolean mask.)
-        x_row = tl.load(x_base + key * stride_xs + offs_d * stride_xd, mask=offs_d < tl.where(key < S, D, 0),
-                        other=0.0).to(a.dtype)
-        out += tl.where(a_col[:, None] != 0, a_col[:, None] * x_row[None, :], 0.0)
+
+@triton.jit
+def _mm(a, b, PREC: tl.constexpr, ACC: tl.constexpr):
+    """``a @ b`` accumulated in ACC: tl.dot, or for fp64 a broadcast multiply-sum (no fp64 MMA on Hopper)."""
+    if ACC == tl.float64:
+        out = tl.sum(a.to(ACC)[:, :, None] * b.to(ACC)[None, :, :], axis=1)
+    else:
+        out = tl.dot(a, b, input_precision=PREC, out_dtype=ACC)
     return out
 
 
 @triton.jit
-def _nonfinite_tiles_kernel(
+def _tile_flagged(flag_ptr, b, n_flags, start_n, BLOCK_N: tl.constexpr):
+    """True when any FLAG_N-row group of keys in [start_n, start_n + BLOCK_N) holds a NaN/inf."""
+    idx = start_n // 16 + tl.arange(0, BLOCK_N // 16)
+    f = tl.load(flag_ptr + b * n_flags + idx, mask=idx < n_flags, other=0)
+    return tl.max(f.to(tl.int32), axis=0) != 0
+
+
+@triton.jit
+def _product_skipping_zeros(
+    a,  # (BM, BN) ACC coefficients (probabilities or dS) of this key tile
+    x,  # (BN, D) the key tile's rows of V or K, some non-finite
+    offs_n,  # (BN,) 0..BN-1
+    PREC: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """``a @ x`` where a zero coefficient contributes nothing even against a NaN/inf row of x.
+
+    Rows of x that hold NaN/inf and that no row of ``a`` uses are zeroed and the product stays one dot:
+    bit-identical to the same tile with finite values there. Only when a used key row is non-finite
+    does it go key by key (BLOCK_N rank-1 updates with a select), from the registers already loaded.
+    """
+    xf = x.to(ACC)
+    row_bad = tl.max(((xf != xf) | (tl.abs(xf) == float("inf"))).to(tl.int32), axis=1)  # noqa: PLR0124
+    used = tl.max((a != 0).to(tl.int32), axis=0)  # NaN coefficients count as used
+    if tl.sum(row_bad * used, axis=0) == 0:
+        out = _mm(a.to(x.dtype), tl.where(row_bad[:, None] != 0, 0.0, xf).to(x.dtype), PREC, ACC)
+    else:
+        out = tl.zeros([a.shape[0], x.shape[1]], dtype=ACC)
+        for j in range(BLOCK_N):
+            a_col = tl.sum(tl.where(offs_n[None, :] == j, a, 0.0), axis=1)  # column j of a
+            x_row = tl.sum(tl.where(offs_n[:, None] == j, xf, 0.0), axis=0)  # row j of x (a select)
+            out += tl.where(a_col[:, None] != 0, a_col[:, None] * x_row[None, :], 0.0)
+    return out
+
+
+@triton.jit
+def _nonfinite_rows_kernel(
     x_ptr,  # (B, S, D) any strides
-    flag_ptr,  # *int8 (B, cdiv(S, BLOCK_N))
+    flag_ptr,  # *int8 (B, cdiv(S, FLAG_N))
     S, D,
     stride_xb, stride_xs, stride_xd,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Flag the BLOCK_N-row tiles of x that hold a NaN or inf (reads x once: B*S*D elements)."""
+    """Flag the BLOCK_N-row groups of x that hold a NaN or inf (reads x once: B*S*D elements)."""
     tile = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -113,19 +142,21 @@ def _nonfinite_tiles_kernel(
 @triton.jit
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
-    vbad_ptr,  # *int8 (B, cdiv(S, BLOCK_N)): 1 where a tile of V rows holds NaN/inf
+    vbad_ptr,  # *int8 (B, n_flags): 1 where a FLAG_N-row group of V holds NaN/inf
     stride_qb, stride_ql, stride_qe,
     stride_kb, stride_ks, stride_ke,
     stride_vb, stride_vs, stride_ve,
     stride_mb, stride_ml, stride_ms,  # may be 0 (broadcast mask)
     stride_ob, stride_ol, stride_oe,
-    L, S, E, EV,
+    L, S, n_flags,
     qk_scale,  # scale * log2(e)
+    LEN_BUCKET,  # autotuning key only (a power of two >= max(L, S))
     CAUSAL: tl.constexpr,
     MASK_KIND: tl.constexpr,  # 0 none, 1 bool, 2 additive float
     ACC: tl.constexpr,  # fp32 (fp64 for fp64)
     PREC: tl.constexpr,  # tl.dot input_precision ("ieee" for fp32)
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,  # the (padded) head dims
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     b = tl.program_id(1).to(tl.int64)  # int64 batch offsets
@@ -135,7 +166,7 @@ def _attn_fwd_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = rows < L
     q = tl.load(q_ptr + b * stride_qb + rows.to(tl.int64)[:, None] * stride_ql + offs_d[None, :] * stride_qe,
-                mask=row_ok[:, None] & (offs_d < E)[None, :], other=0.0)
+                mask=row_ok[:, None], other=0.0)
     k_base = k_ptr + b * stride_kb
     v_base = v_ptr + b * stride_vb
     mask_base = mask_ptr + b * stride_mb
@@ -150,9 +181,12 @@ def _attn_fwd_kernel(
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n
         col_ok = cols < S
+        # both tiles load unconditionally, so the pipeliner can prefetch them stages ahead
         kT = tl.load(k_base + cols.to(tl.int64)[None, :] * stride_ks + offs_d[:, None] * stride_ke,
-                     mask=col_ok[None, :] & (offs_d < E)[:, None], other=0.0)
-        s = tl.dot(q, kT, input_precision=PREC, out_dtype=ACC) * qk_scale
+                     mask=col_ok[None, :], other=0.0)
+        v = tl.load(v_base + cols.to(tl.int64)[:, None] * stride_vs + offs_dv[None, :] * stride_ve,
+                    mask=col_ok[:, None], other=0.0)
+        s = _mm(q, kT, PREC, ACC) * qk_scale
         s = _tile_scores(s, rows, cols, mask_base, stride_ml, stride_ms, L, S, CAUSAL, MASK_KIND)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # a row with nothing admissible so far keeps m = -inf: shift by 0 there so that
@@ -161,14 +195,10 @@ def _attn_fwd_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if tl.load(vbad_ptr + b * tl.cdiv(S, BLOCK_N) + start_n // BLOCK_N) != 0:
-            # rare: NaN/inf in this tile of V. A dot would turn 0 * NaN into NaN for rows that never
-            # attend that key; add the nonzero probabilities key by key with a select instead
-            pv = _skip_zero_products(p, v_base, start_n, offs_n, offs_dv, stride_vs, stride_ve, S, EV, BLOCK_N)
-        else:
-            v = tl.load(v_base + cols.to(tl.int64)[:, None] * stride_vs + offs_dv[None, :] * stride_ve,
-                        mask=col_ok[:, None] & (offs_dv < EV)[None, :], other=0.0)
-            pv = tl.dot(p.to(v.dtype), v, input_precision=PREC, out_dtype=ACC)
+        pv = _mm(p.to(v.dtype), v, PREC, ACC)
+        if _tile_flagged(vbad_ptr, b, n_flags, start_n, BLOCK_N):
+            # rare: NaN/inf in this tile of V; the dot turned 0 * NaN into NaN for rows that never attend it
+            pv = _product_skipping_zeros(p, v, offs_n, PREC, ACC, BLOCK_N)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
 
@@ -176,14 +206,14 @@ def _attn_fwd_kernel(
     out = tl.where(has_any[:, None], acc / tl.where(has_any, l_i, 1.0)[:, None], 0.0)  # fully masked: 0
     lse = tl.where(has_any, (m_i + tl.log2(tl.where(has_any, l_i, 1.0))) * 0.6931471805599453, -float("inf"))
     tl.store(out_ptr + b * stride_ob + rows.to(tl.int64)[:, None] * stride_ol + offs_dv[None, :] * stride_oe,
-             out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_dv < EV)[None, :])
+             out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
     tl.store(lse_ptr + b * L + rows, lse.to(lse_ptr.dtype.element_ty), mask=row_ok)
 
 
 @triton.jit
 def _attn_bwd_preprocess_kernel(
-    o_ptr, do_ptr, delta_ptr,  # out (B, L, EV) and grad_out (B, L, EV) contiguous; delta (B, L) ACC
-    L, EV,
+    o_ptr, do_ptr, delta_ptr,  # out (B, L, BLOCK_DV) and grad_out (B, L, BLOCK_DV) contiguous; delta (B, L) ACC
+    L,
     ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
@@ -191,8 +221,8 @@ def _attn_bwd_preprocess_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     b = tl.program_id(1).to(tl.int64)
     offs_dv = tl.arange(0, BLOCK_DV)
-    ptrs = b * L * EV + rows.to(tl.int64)[:, None] * EV + offs_dv[None, :]
-    ok = (rows < L)[:, None] & (offs_dv < EV)[None, :]
+    ptrs = b * L * BLOCK_DV + rows.to(tl.int64)[:, None] * BLOCK_DV + offs_dv[None, :]
+    ok = (rows < L)[:, None]
     o = tl.load(o_ptr + ptrs, mask=ok, other=0.0).to(ACC)
     do = tl.load(do_ptr + ptrs, mask=ok, other=0.0).to(ACC)
     tl.store(delta_ptr + b * L + rows, tl.sum(o * do, axis=1), mask=rows < L)
@@ -205,15 +235,17 @@ def _attn_bwd_dkdv_kernel(
     stride_kb, stride_ks, stride_ke,
     stride_vb, stride_vs, stride_ve,
     stride_mb, stride_ml, stride_ms,
-    L, S, E, EV,
+    L, S,
     qk_scale,  # scale * log2(e)
     scale,
+    LEN_BUCKET,  # autotuning key only
     CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One key tile: dV = sum_i P^T dO, dK = scale * sum_i dS^T Q with dS = P * (dP - delta).
 
-    dO, dk, dv are contiguous (B, L, EV) / (B, S, E) / (B, S, EV).
+    dO, dk, dv are contiguous (B, L, BLOCK_DV) / (B, S, BLOCK_D) / (B, S, BLOCK_DV).
     """
     start_n = tl.program_id(0) * BLOCK_N
     b = tl.program_id(1).to(tl.int64)
@@ -224,11 +256,11 @@ def _attn_bwd_dkdv_kernel(
     col_ok = cols < S
     cols64 = cols.to(tl.int64)
     k = tl.load(k_ptr + b * stride_kb + cols64[:, None] * stride_ks + offs_d[None, :] * stride_ke,
-                mask=col_ok[:, None] & (offs_d < E)[None, :], other=0.0)
+                mask=col_ok[:, None], other=0.0)
     v = tl.load(v_ptr + b * stride_vb + cols64[:, None] * stride_vs + offs_dv[None, :] * stride_ve,
-                mask=col_ok[:, None] & (offs_dv < EV)[None, :], other=0.0)
+                mask=col_ok[:, None], other=0.0)
     q_base = q_ptr + b * stride_qb
-    do_base = do_ptr + b * L * EV
+    do_base = do_ptr + b * L * BLOCK_DV
     mask_base = mask_ptr + b * stride_mb
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=ACC)
@@ -241,42 +273,43 @@ def _attn_bwd_dkdv_kernel(
         row_ok = rows < L
         rows64 = rows.to(tl.int64)
         q = tl.load(q_base + rows64[:, None] * stride_ql + offs_d[None, :] * stride_qe,
-                    mask=row_ok[:, None] & (offs_d < E)[None, :], other=0.0)
-        do = tl.load(do_base + rows64[:, None] * EV + offs_dv[None, :],
-                     mask=row_ok[:, None] & (offs_dv < EV)[None, :], other=0.0)
+                    mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_base + rows64[:, None] * BLOCK_DV + offs_dv[None, :], mask=row_ok[:, None], other=0.0)
         lse = tl.load(lse_ptr + b * L + rows, mask=row_ok, other=0.0).to(ACC) * 1.4426950408889634
         lse = tl.where(lse == -float("inf"), float("inf"), lse)  # fully masked row: every P is 0
         delta = tl.load(delta_ptr + b * L + rows, mask=row_ok, other=0.0)
         # recompute P for this (query, key) tile from lse instead of storing it in the forward
-        s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=ACC) * qk_scale
+        s = _mm(q, tl.trans(k), PREC, ACC) * qk_scale
         s = _tile_scores(s, rows, cols, mask_base, stride_ml, stride_ms, L, S, CAUSAL, MASK_KIND)
         p = tl.exp2(s - lse[:, None])  # (BM, BN); masked entries: exp2(-inf) = 0
-        dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PREC, out_dtype=ACC)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC, out_dtype=ACC)
+        dv += _mm(tl.trans(p).to(do.dtype), do, PREC, ACC)
+        dp = _mm(do, tl.trans(v), PREC, ACC)
         ds = tl.where(p == 0, 0.0, p * (dp - delta[:, None]))  # a select: dP may be NaN at masked keys
-        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PREC, out_dtype=ACC)
+        dk += _mm(tl.trans(ds).to(q.dtype), q, PREC, ACC)
     dk = dk * scale
-    tl.store(dk_ptr + b * S * E + cols64[:, None] * E + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty),
-             mask=col_ok[:, None] & (offs_d < E)[None, :])
-    tl.store(dv_ptr + b * S * EV + cols64[:, None] * EV + offs_dv[None, :], dv.to(dv_ptr.dtype.element_ty),
-             mask=col_ok[:, None] & (offs_dv < EV)[None, :])
+    tl.store(dk_ptr + b * S * BLOCK_D + cols64[:, None] * BLOCK_D + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty),
+             mask=col_ok[:, None])
+    tl.store(dv_ptr + b * S * BLOCK_DV + cols64[:, None] * BLOCK_DV + offs_dv[None, :],
+             dv.to(dv_ptr.dtype.element_ty), mask=col_ok[:, None])
 
 
 @triton.jit
 def _attn_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-    kbad_ptr,  # *int8 (B, cdiv(S, BLOCK_N)): 1 where a tile of K rows holds NaN/inf
+    kbad_ptr,  # *int8 (B, n_flags): 1 where a FLAG_N-row group of K holds NaN/inf
     stride_qb, stride_ql, stride_qe,
     stride_kb, stride_ks, stride_ke,
     stride_vb, stride_vs, stride_ve,
     stride_mb, stride_ml, stride_ms,
-    L, S, E, EV,
+    L, S, n_flags,
     qk_scale,
     scale,
+    LEN_BUCKET,  # autotuning key only
     CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One query tile: dQ = scale * sum_j dS K, dS = P * (dO V^T - delta). dq is contiguous (B, L, E)."""
+    """One query tile: dQ = scale * sum_j dS K, dS = P * (dO V^T - delta). dq is contiguous (B, L, BLOCK_D)."""
     start_m = tl.program_id(0) * BLOCK_M
     b = tl.program_id(1).to(tl.int64)
     rows = start_m + tl.arange(0, BLOCK_M)
@@ -286,9 +319,9 @@ def _attn_bwd_dq_kernel(
     row_ok = rows < L
     rows64 = rows.to(tl.int64)
     q = tl.load(q_ptr + b * stride_qb + rows64[:, None] * stride_ql + offs_d[None, :] * stride_qe,
-                mask=row_ok[:, None] & (offs_d < E)[None, :], other=0.0)
-    do = tl.load(do_ptr + b * L * EV + rows64[:, None] * EV + offs_dv[None, :],
-                 mask=row_ok[:, None] & (offs_dv < EV)[None, :], other=0.0)
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(do_ptr + b * L * BLOCK_DV + rows64[:, None] * BLOCK_DV + offs_dv[None, :],
+                 mask=row_ok[:, None], other=0.0)
     lse = tl.load(lse_ptr + b * L + rows, mask=row_ok, other=0.0).to(ACC) * 1.4426950408889634
     lse = tl.where(lse == -float("inf"), float("inf"), lse)
     delta = tl.load(delta_ptr + b * L + rows, mask=row_ok, other=0.0)
@@ -305,60 +338,124 @@ def _attn_bwd_dq_kernel(
         col_ok = cols < S
         cols64 = cols.to(tl.int64)
         k = tl.load(k_base + cols64[:, None] * stride_ks + offs_d[None, :] * stride_ke,
-                    mask=col_ok[:, None] & (offs_d < E)[None, :], other=0.0)
+                    mask=col_ok[:, None], other=0.0)
         vT = tl.load(v_base + cols64[None, :] * stride_vs + offs_dv[:, None] * stride_ve,
-                     mask=col_ok[None, :] & (offs_dv < EV)[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=ACC) * qk_scale
+                     mask=col_ok[None, :], other=0.0)
+        s = _mm(q, tl.trans(k), PREC, ACC) * qk_scale
         s = _tile_scores(s, rows, cols, mask_base, stride_ml, stride_ms, L, S, CAUSAL, MASK_KIND)
         p = tl.exp2(s - lse[:, None])
-        dp = tl.dot(do, vT, input_precision=PREC, out_dtype=ACC)
+        dp = _mm(do, vT, PREC, ACC)
         ds = tl.where(p == 0, 0.0, p * (dp - delta[:, None]))
-        if tl.load(kbad_ptr + b * tl.cdiv(S, BLOCK_N) + start_n // BLOCK_N) != 0:
-            # NaN/inf keys in this tile: skip zero dS entries instead of 0 * NaN in the dot
-            dq += _skip_zero_products(ds, k_base, start_n, offs_n, offs_d, stride_ks, stride_ke, S, E, BLOCK_N)
-        else:
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC, out_dtype=ACC)
+        dsk = _mm(ds.to(k.dtype), k, PREC, ACC)
+        if _tile_flagged(kbad_ptr, b, n_flags, start_n, BLOCK_N):
+            # NaN/inf keys in this tile: zero dS entries must not meet them as 0 * NaN
+            dsk = _product_skipping_zeros(ds, k, offs_n, PREC, ACC, BLOCK_N)
+        dq += dsk
     dq = dq * scale
-    tl.store(dq_ptr + b * L * E + rows64[:, None] * E + offs_d[None, :], dq.to(dq_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_d < E)[None, :])
+    tl.store(dq_ptr + b * L * BLOCK_D + rows64[:, None] * BLOCK_D + offs_d[None, :], dq.to(dq_ptr.dtype.element_ty),
+             mask=row_ok[:, None])
 
 
+# ----------------------------------------------------------------------------------------------------
+# Tile sizes. (BLOCK_M, BLOCK_N, num_warps, num_stages); the first entry is the fixed choice for small
+# problems, the whole list is autotuned for big ones on a GPU.
 def _head_block(d):
     return max(16, triton.next_power_of_2(d))
 
 
-def _fwd_blocks(dtype, bd):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward."""
-    if interpreting():
-        return 16, 16, 4, 1
-    if dtype in (torch.float16, torch.bfloat16):
-        return (128, 64, 4, 3) if bd <= 64 else (128, 64, 8, 3)
-    if dtype == torch.float32:  # IEEE fp32 dots run on FMA units: smaller tiles, fewer registers
-        return (64, 32, 4, 2) if bd <= 64 else (32, 32, 4, 2)
-    return 32, 16, 4, 1  # fp64
+_TUNE_MIN_SCORES = 1 << 22  # B * L * S at or above which a GPU launch autotunes its tiles
 
 
-def _bwd_blocks(dtype, bd):
-    """((BLOCK_M, BLOCK_N) for dK/dV, (BLOCK_M, BLOCK_N) for dQ, num_warps, num_stages)."""
+def _fwd_configs(dtype, bd):
     if interpreting():
-        return (16, 16), (16, 16), 4, 1
+        return [(16, 16, 4, 1)]
     if dtype in (torch.float16, torch.bfloat16):
         if bd <= 64:
-            return (32, 128), (128, 32), 4, 3
-        return (32, 64), (64, 32), 8, 2
+            return [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4)]
+        return [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)]
+    if dtype == torch.float32:  # IEEE fp32 dots run on FMA units: smaller tiles, fewer registers
+        return [(64, 32, 4, 2), (32, 32, 4, 2)] if bd <= 64 else [(32, 32, 4, 2), (32, 16, 4, 2)]
+    return [(16, 16, 4, 1)]  # fp64: broadcast multiply-sums in registers
+
+
+def _dkdv_configs(dtype, bd):
+    if interpreting():
+        return [(16, 16, 4, 1)]
+    if dtype in (torch.float16, torch.bfloat16):
+        if bd <= 64:
+            return [(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3)]
+        return [(32, 64, 8, 2), (32, 128, 8, 2), (64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 3)]
     if dtype == torch.float32:
-        return (32, 32), (32, 32), 4, 2
-    return (16, 32), (32, 16), 4, 1
+        return [(32, 32, 4, 2)]
+    return [(16, 16, 4, 1)]
 
 
-def _nonfinite_tiles(x, block_n):
-    """(B, cdiv(S, block_n)) int8 flags: which tiles of key rows of x (B, S, D) hold NaN/inf."""
+def _dq_configs(dtype, bd):
+    if interpreting():
+        return [(16, 16, 4, 1)]
+    if dtype in (torch.float16, torch.bfloat16):
+        if bd <= 64:
+            return [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3)]
+        return [(64, 32, 8, 2), (128, 32, 8, 2), (128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3)]
+    if dtype == torch.float32:
+        return [(32, 32, 4, 2)]
+    return [(16, 16, 4, 1)]
+
+
+_TUNE_KEY = ["LEN_BUCKET", "BLOCK_D", "BLOCK_DV", "CAUSAL", "MASK_KIND", "PREC"]
+
+
+def _autotuned(kernel, configs):
+    return triton.autotune(
+        [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in configs],
+        key=_TUNE_KEY,
+    )(kernel)
+
+
+_TUNED = {}
+
+
+def _launcher(kernel, configs, n_scores):
+    """(kernel to launch, extra launch kwargs): the autotuned kernel for big GPU problems with several
+    candidate tile sizes, else the plain kernel with the first candidate."""
+    if len(configs) > 1 and n_scores >= _TUNE_MIN_SCORES:
+        key = (kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__, tuple(configs))
+        if key not in _TUNED:
+            _TUNED[key] = _autotuned(kernel, configs)
+        return _TUNED[key], {}
+    m, n, w, st = configs[0]
+    return kernel, dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)
+
+
+def tuned_configs():
+    """{kernel name: [(autotuning key, chosen config), ...]} of what autotuning picked in this process."""
+    out = {}
+    for (name, _), tuner in _TUNED.items():
+        out.setdefault(name, []).extend((key, str(cfg)) for key, cfg in getattr(tuner, "cache", {}).items())
+    return out
+
+
+def _len_bucket(L, S):
+    return triton.next_power_of_2(max(L, S, 1))
+
+
+def _nonfinite_rows(x):
+    """(B, cdiv(S, FLAG_N)) int8 flags: which FLAG_N-row groups of key rows of x (B, S, D) hold NaN/inf."""
     B, S, D = x.shape
-    flags = torch.empty((B, triton.cdiv(S, block_n)), dtype=torch.int8, device=x.device)
-    _nonfinite_tiles_kernel[(flags.shape[1], B)](
-        x, flags, S, D, *x.stride(), BLOCK_N=block_n, BLOCK_D=min(_head_block(D), 128)
+    flags = torch.empty((B, triton.cdiv(S, FLAG_N)), dtype=torch.int8, device=x.device)
+    _nonfinite_rows_kernel[(flags.shape[1], B)](
+        x, flags, S, D, *x.stride(), BLOCK_N=FLAG_N, BLOCK_D=min(_head_block(D), 128)
     )
     return flags
+
+
+def _padded(x, width):
+    """x (B, N, D) with its last dim zero-padded to ``width`` (x itself when D == width)."""
+    if x.shape[-1] == width:
+        return x
+    out = x.new_zeros(x.shape[:-1] + (width,))
+    out[..., : x.shape[-1]] = x
+    return out
 
 
 def _mask_args(mask, q):
@@ -390,24 +487,26 @@ def attention_forward(q, k, v, mask, is_causal, scale):
     S, EV = k.shape[1], v.shape[2]
     acc = acc_dtype(q.dtype)
     lse_dtype = torch.float64 if acc == tl.float64 else torch.float32
-    out = torch.empty((B, L, EV), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, L), dtype=lse_dtype, device=q.device)
-    if B == 0 or L == 0:
+    if B == 0 or L == 0 or S == 0:
+        out = torch.empty((B, L, EV), dtype=q.dtype, device=q.device)
+        if S == 0:  # no keys: every row fully masked
+            out.zero_(), lse.fill_(float("-inf"))
         return out, lse
-    if S == 0:  # no keys: every row fully masked
-        return out.zero_(), lse.fill_(float("-inf"))
     bd, bdv = _head_block(E), _head_block(EV)
-    bm, bn, warps, stages = _fwd_blocks(q.dtype, max(bd, bdv))
+    q, k, v = _padded(q, bd), _padded(k, bd), _padded(v, bdv)
+    out = torch.empty((B, L, bdv), dtype=q.dtype, device=q.device)
     m, m_strides, kind = _mask_args(mask, q)
-    vbad = _nonfinite_tiles(v, bn)
-    _attn_fwd_kernel[(triton.cdiv(L, bm), B)](
+    vbad = _nonfinite_rows(v)
+    kernel, blocks = _launcher(_attn_fwd_kernel, _fwd_configs(q.dtype, max(bd, bdv)), B * L * S)
+    kernel[lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B)](
         q, k, v, m, out, lse, vbad,
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
-        L, S, E, EV, float(scale) * _LOG2E,
+        L, S, vbad.shape[1], float(scale) * _LOG2E, _len_bucket(L, S),
         CAUSAL=bool(is_causal), MASK_KIND=kind, ACC=acc, PREC=dot_precision(q.dtype),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=warps, num_stages=stages,
+        BLOCK_D=bd, BLOCK_DV=bdv, **blocks,
     )
-    return out, lse
+    return (out if bdv == EV else out[..., :EV].contiguous()), lse
 
 
 def attention_backward(grad_out, q, k, v, out, lse, mask, is_causal, scale):
@@ -425,33 +524,38 @@ def attention_backward(grad_out, q, k, v, out, lse, mask, is_causal, scale):
     B, L, E = q.shape
     S, EV = k.shape[1], v.shape[2]
     dev, dt = q.device, q.dtype
-    dq = torch.empty((B, L, E), dtype=dt, device=dev)
-    dk = torch.empty((B, S, E), dtype=dt, device=dev)
-    dv = torch.empty((B, S, EV), dtype=dt, device=dev)
-    if B == 0 or (L == 0 and S == 0):
-        return dq, dk, dv
-    if L == 0 or S == 0:  # nothing attends to anything: all gradients are 0
-        return dq.zero_(), dk.zero_(), dv.zero_()
+    if B == 0 or L == 0 or S == 0:  # nothing attends to anything: all gradients are 0
+        return (torch.zeros((B, L, E), dtype=dt, device=dev), torch.zeros((B, S, E), dtype=dt, device=dev),
+                torch.zeros((B, S, EV), dtype=dt, device=dev))
     acc = acc_dtype(dt)
-    grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
     bd, bdv = _head_block(E), _head_block(EV)
-    (m1, n1), (m2, n2), warps, stages = _bwd_blocks(dt, max(bd, bdv))
+    q, k, v = _padded(q, bd), _padded(k, bd), _padded(v, bdv)
+    grad_out, out = _padded(grad_out.contiguous(), bdv), _padded(out.contiguous(), bdv)
+    lse = lse.contiguous()
+    dq = torch.empty((B, L, bd), dtype=dt, device=dev)
+    dk = torch.empty((B, S, bd), dtype=dt, device=dev)
+    dv = torch.empty((B, S, bdv), dtype=dt, device=dev)
     delta = torch.empty((B, L), dtype=torch.float64 if acc == tl.float64 else torch.float32, device=dev)
     pre_m = 16 if interpreting() else 64
-    _attn_bwd_preprocess_kernel[(triton.cdiv(L, pre_m), B)](
-        out, grad_out, delta, L, EV, ACC=acc, BLOCK_M=pre_m, BLOCK_DV=bdv
-    )
+    _attn_bwd_preprocess_kernel[(triton.cdiv(L, pre_m), B)](out, grad_out, delta, L, ACC=acc, BLOCK_M=pre_m,
+                                                           BLOCK_DV=bdv)
     m, m_strides, kind = _mask_args(mask, q)
-    common = (
-        *q.stride(), *k.stride(), *v.stride(), *m_strides,
-        L, S, E, EV, float(scale) * _LOG2E, float(scale),
+    common = (*q.stride(), *k.stride(), *v.stride(), *m_strides)
+    meta = dict(CAUSAL=bool(is_causal), MASK_KIND=kind, ACC=acc, PREC=dot_precision(dt), BLOCK_D=bd, BLOCK_DV=bdv)
+    n_scores, bucket = B * L * S, _len_bucket(L, S)
+    kernel, blocks = _launcher(_attn_bwd_dkdv_kernel, _dkdv_configs(dt, max(bd, bdv)), n_scores)
+    kernel[lambda meta_: (triton.cdiv(S, meta_["BLOCK_N"]), B)](
+        q, k, v, m, grad_out, lse, delta, dk, dv, *common,
+        L, S, float(scale) * _LOG2E, float(scale), bucket, **meta, **blocks,
     )
-    meta = dict(CAUSAL=bool(is_causal), MASK_KIND=kind, ACC=acc, PREC=dot_precision(dt), BLOCK_D=bd, BLOCK_DV=bdv,
-                num_warps=warps, num_stages=stages)
-    _attn_bwd_dkdv_kernel[(triton.cdiv(S, n1), B)](
-        q, k, v, m, grad_out, lse, delta, dk, dv, *common, BLOCK_M=m1, BLOCK_N=n1, **meta
+    kbad = _nonfinite_rows(k)
+    kernel, blocks = _launcher(_attn_bwd_dq_kernel, _dq_configs(dt, max(bd, bdv)), n_scores)
+    kernel[lambda meta_: (triton.cdiv(L, meta_["BLOCK_M"]), B)](
+        q, k, v, m, grad_out, lse, delta, dq, kbad, *common,
+        L, S, kbad.shape[1], float(scale) * _LOG2E, float(scale), bucket, **meta, **blocks,
     )
-    _attn_bwd_dq_kernel[(triton.cdiv(L, m2), B)](
-        q, k, v, m, grad_out, lse, delta, dq, _nonfinite_tiles(k, n2), *common, BLOCK_M=m2, BLOCK_N=n2, **meta
-    )
+    if bd != E:
+        dq, dk = dq[..., :E].contiguous(), dk[..., :E].contiguous()
+    if bdv != EV:
+        dv = dv[..., :EV].contiguous()
     return dq, dk, dv

@@ -6,6 +6,11 @@ param, grad, buffer; write param, buffer; Adam: read 4, write 3 tensors: 7*n*ite
 16-bit parameters and states are updated in fp32 and rounded once on store. Scalar combinations
 (bias corrections, ``lr / bc1``, ``1 - lr * wd``) are formed on the host in double precision, exactly
 where torch forms them, and reach the kernel as fp32 (Triton passes Python floats as fp32).
+
+The Adam kernels compile without fused multiply-adds (``enable_fp_fusion=False``): each operation rounds
+as torch's separate ops do, and the per-tensor and multi-tensor kernels give the same bits (with contraction
+the compiler fused differently in each on an H200: 1-ulp float16 differences).
+`adam_multi_step` updates a whole list in one launch through a table of tensor addresses.
 """
 import math
 
@@ -53,6 +58,22 @@ def _sgd_kernel(
 
 
 @triton.jit
+def _adam_update(p, g, m, v, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps, weight_decay, decay,
+                 HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr):
+    """torch's single-tensor Adam/AdamW chain on one block (in ACC); returns the new (p, m, v)."""
+    if HAS_WD:
+        if DECOUPLED:
+            p = p * decay  # AdamW: shrink the parameter first
+        else:
+            g = g + weight_decay * p  # Adam: L2 term added to the gradient
+    m = m + one_minus_beta1 * (g - m)  # torch's lerp_(g, 1 - beta1) for a weight below 0.5
+    v = v * beta2 + one_minus_beta2 * (g * g)
+    denom = sqrt_ieee(v) / bc2_sqrt + eps
+    p = p - step_size * (m / denom)
+    return p, m, v
+
+
+@triton.jit
 def _adam_kernel(
     p_ptr,  # *T (n,) parameter, in place
     g_ptr,  # *T (n,) gradient
@@ -78,18 +99,48 @@ def _adam_kernel(
     g = tl.load(g_ptr + offs, mask=mask).to(ACC)
     m = tl.load(m_ptr + offs, mask=mask).to(ACC)
     v = tl.load(v_ptr + offs, mask=mask).to(ACC)
-    if HAS_WD:
-        if DECOUPLED:
-            p = p * decay  # AdamW: shrink the parameter first
-        else:
-            g = g + weight_decay * p  # Adam: L2 term added to the gradient
-    m = m + one_minus_beta1 * (g - m)  # torch's lerp_(g, 1 - beta1) for a weight below 0.5
-    v = v * beta2 + one_minus_beta2 * (g * g)
-    denom = sqrt_ieee(v) / bc2_sqrt + eps
-    p = p - step_size * (m / denom)
+    p, m, v = _adam_update(p, g, m, v, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps,
+                           weight_decay, decay, HAS_WD, DECOUPLED)
     tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
     tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
     tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _adam_multi_kernel(
+    addr_ptr,  # *int64 (4, T): addresses of each tensor's param, grad, exp_avg, exp_avg_sq
+    size_ptr,  # *int64 (T,) elements of each tensor
+    work_tensor_ptr,  # *int32 (W,) the tensor of each program
+    work_start_ptr,  # *int64 (W,) the first element of each program's CHUNK
+    T,
+    one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps, weight_decay, decay,
+    HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
+    DT: tl.constexpr,  # the tensors' element type
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """One program per CHUNK of one tensor of the list: the whole list in one launch (torch's fused idea)."""
+    w = tl.program_id(0)
+    t = tl.load(work_tensor_ptr + w)
+    start = tl.load(work_start_ptr + w)
+    n = tl.load(size_ptr + t)
+    p_ptr = tl.load(addr_ptr + t).to(tl.pointer_type(DT))
+    g_ptr = tl.load(addr_ptr + T + t).to(tl.pointer_type(DT))
+    m_ptr = tl.load(addr_ptr + 2 * T + t).to(tl.pointer_type(DT))
+    v_ptr = tl.load(addr_ptr + 3 * T + t).to(tl.pointer_type(DT))
+    for i in range(0, CHUNK, BLOCK):
+        offs = start + i + tl.arange(0, BLOCK)
+        mask = offs < n
+        p = tl.load(p_ptr + offs, mask=mask).to(ACC)
+        g = tl.load(g_ptr + offs, mask=mask).to(ACC)
+        m = tl.load(m_ptr + offs, mask=mask).to(ACC)
+        v = tl.load(v_ptr + offs, mask=mask).to(ACC)
+        p, m, v = _adam_update(p, g, m, v, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps,
+                               weight_decay, decay, HAS_WD, DECOUPLED)
+        tl.store(m_ptr + offs, m.to(DT), mask=mask)
+        tl.store(v_ptr + offs, v.to(DT), mask=mask)
+        tl.store(p_ptr + offs, p.to(DT), mask=mask)
 
 
 def _require_contiguous(**tensors):
@@ -152,11 +203,98 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, wei
     n = param.numel()
     if n == 0:
         return
+    _adam_kernel[(triton.cdiv(n, ELEMENTWISE_BLOCK),)](
+        param, grad, exp_avg, exp_avg_sq, n, *_adam_scalars(step, lr, beta1, beta2, eps, weight_decay),
+        HAS_WD=weight_decay != 0, DECOUPLED=bool(decoupled), ACC=acc_dtype(param.dtype), BLOCK=ELEMENTWISE_BLOCK,
+        enable_fp_fusion=False,  # torch's op-by-op chain, no fused multiply-adds (see the module docstring)
+    )
+
+
+def _adam_scalars(step, lr, beta1, beta2, eps, weight_decay):
+    """The kernels' scalar arguments, formed in double precision where torch forms them."""
     bc1 = 1 - beta1**step
     bc2 = 1 - beta2**step
-    _adam_kernel[(triton.cdiv(n, ELEMENTWISE_BLOCK),)](
-        param, grad, exp_avg, exp_avg_sq, n,
-        1.0 - beta1, float(beta2), 1.0 - beta2, lr / bc1, math.sqrt(bc2), float(eps),
-        float(weight_decay), 1.0 - lr * weight_decay,
-        HAS_WD=weight_decay != 0, DECOUPLED=bool(decoupled), ACC=acc_dtype(param.dtype), BLOCK=ELEMENTWISE_BLOCK,
+    return (1.0 - beta1, float(beta2), 1.0 - beta2, lr / bc1, math.sqrt(bc2), float(eps), float(weight_decay),
+            1.0 - lr * weight_decay)
+
+
+_MULTI_CHUNK = 8 * ELEMENTWISE_BLOCK  # elements per program of the multi-tensor step
+_WORK_TABLES = {}  # (sizes, device) -> (sizes tensor, work tensor index, work start): built once per model
+
+
+def _work_table(sizes, device):
+    key = (sizes, str(device))
+    table = _WORK_TABLES.get(key)
+    if table is None:
+        if len(_WORK_TABLES) > 32:
+            _WORK_TABLES.clear()
+        counts = torch.tensor([triton.cdiv(n, _MULTI_CHUNK) for n in sizes], dtype=torch.int64)
+        tensor = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32), counts)
+        first = torch.cumsum(counts, 0) - counts  # each tensor's first work item
+        start = (torch.arange(int(counts.sum()), dtype=torch.int64) - first.repeat_interleave(counts)) * _MULTI_CHUNK
+        table = tuple(t.to(device) for t in (torch.tensor(sizes, dtype=torch.int64), tensor, start))
+        _WORK_TABLES[key] = table
+    return table
+
+
+_ADDRESS_TABLES = {}  # (addresses, device) -> the int64 table on the device
+
+
+def _address_table(addresses, device):
+    """The (4, T) int64 table of tensor addresses on ``device``. Cached by content: a training loop's
+    parameters and states keep their addresses, and so, through the caching allocator, mostly do its
+    gradients. A new table goes up through pinned memory without blocking (a pageable copy would wait for
+    the GPU to finish its queue first)."""
+    key = (addresses, str(device))
+    table = _ADDRESS_TABLES.get(key)
+    if table is None:
+        if len(_ADDRESS_TABLES) >= 8:
+            _ADDRESS_TABLES.pop(next(iter(_ADDRESS_TABLES)))
+        host = torch.tensor(addresses, dtype=torch.int64)
+        if host.device != torch.device(device) and torch.cuda.is_available():
+            table = host.pin_memory().to(device, non_blocking=True)
+        else:
+            table = host.to(device)
+        _ADDRESS_TABLES[key] = table
+    return table
+
+
+_TRITON_DT = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
+              torch.bfloat16: tl.bfloat16}
+
+
+def adam_multi_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """One Adam/AdamW update of a whole list of parameters in a single launch (torch's ``fused=True``).
+
+    Args:
+        params, grads, exp_avgs, exp_avg_sqs: equal-length lists of contiguous tensors on one device, all of
+            one float dtype; the i-th of each has the same number of elements. params and the two moment
+            lists are updated in place; they must not overlap each other or the gradients.
+        step, lr, beta1, beta2, eps, weight_decay, decoupled: as in `adam_step` (one step count for all).
+
+    Returns:
+        None. Every element gets exactly `adam_step`'s arithmetic (bit-identical to one call per tensor).
+    """
+    if step < 1:
+        raise ValueError(f"adam_multi_step: step counts from 1, got {step}")
+    lists = (params, grads, exp_avgs, exp_avg_sqs)
+    if len({len(x) for x in lists}) != 1:
+        raise ValueError("adam_multi_step: params, grads, exp_avgs and exp_avg_sqs differ in length")
+    keep = [i for i, p in enumerate(params) if p.numel()]
+    if not keep:
+        return
+    dtype, device = params[keep[0]].dtype, params[keep[0]].device
+    for x in lists:
+        for i in keep:
+            t = x[i]
+            if t.dtype != dtype or t.device != device or t.numel() != params[i].numel() or not t.is_contiguous():
+                raise ValueError("adam_multi_step: every tensor must be contiguous, of one dtype and device, "
+                                 "and sized like its parameter")
+    sizes = tuple(params[i].numel() for i in keep)
+    size_t, work_tensor, work_start = _work_table(sizes, device)
+    addrs = _address_table(tuple(x[i].data_ptr() for x in lists for i in keep), device)
+    _adam_multi_kernel[(work_tensor.numel(),)](
+        addrs, size_t, work_tensor, work_start, len(keep), *_adam_scalars(step, lr, beta1, beta2, eps, weight_decay),
+        HAS_WD=weight_decay != 0, DECOUPLED=bool(decoupled), DT=_TRITON_DT[dtype], ACC=acc_dtype(dtype),
+        BLOCK=ELEMENTWISE_BLOCK, CHUNK=_MULTI_CHUNK, enable_fp_fusion=False,
     )

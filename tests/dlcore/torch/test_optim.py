@@ -305,3 +305,32 @@ def test_fused_multi_tensor_step_is_bitwise_the_per_parameter_step(cls, decouple
         assert torch.equal(opt.state[p]["exp_avg"], m) and torch.equal(opt.state[p]["exp_avg_sq"], v)
         assert float(opt.state[p]["step"]) == 3.0 and opt.state[p]["step"].dtype == torch.float32
     assert opt.dlcore_stats["dlcore"] == 3 * len(ps)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls,torch_cls", [(AdamW, torch.optim.AdamW), (Adam, torch.optim.Adam)])
+def test_cuda_parameters_take_one_multi_tensor_launch(cls, torch_cls):
+    """CUDA parameters go to the Triton multi-tensor step: torch's single-tensor numbers over 5 steps, with
+    parameters of several sizes (one empty) and a group whose step counts differ."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    pytest.importorskip("triton")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    sizes = [(7,), (300, 41), (0,), (8193,), (3, 5, 2)]
+    mine = [torch.nn.Parameter(torch.randn(s, device="cuda", generator=g)) for s in sizes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in mine]
+    kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
+    opt, opt_ref = cls(mine, **kw), torch_cls(ref, foreach=False, **kw)
+    for step in range(5):
+        for i, (a, b) in enumerate(zip(mine, ref)):
+            if step == 0 and i == 1:
+                a.grad = b.grad = None  # one parameter starts a step late: two step counts in one group
+                continue
+            a.grad = torch.randn(a.shape, device="cuda", generator=g) * 0.3
+            b.grad = a.grad.clone()
+        opt.step()
+        opt_ref.step()
+    for a, b in zip(mine, ref):
+        assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+        assert_close(opt.state[a]["exp_avg_sq"], opt_ref.state[b]["exp_avg_sq"], rtol=1e-5, atol=1e-9)
+    assert opt.dlcore_stats["torch"] == 0

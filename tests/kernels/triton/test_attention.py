@@ -166,13 +166,23 @@ def test_empty():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("E", [64, 128])
 def test_large_gpu(dtype, E):
-    """Real tile sizes: L, S in the hundreds, head dims 64/128, causal, in 16-bit types."""
+    """Real tile sizes: L, S in the hundreds, head dims 64/128, causal, in 16-bit types. Each output's error
+    against float64 must stay within 2e-2, or within 1.25x the error of torch's own SDPA in the same dtype
+    (a bf16 dK carries the rounding of dS to bf16, which no kernel of this precision avoids)."""
     B, L, S = 2, 300, 300
     q, k, v = trand((B, L, E), dtype, 1), trand((B, S, E), dtype, 2), trand((B, S, E), dtype, 3)
     g = trand((B, L, E), dtype, 4)
     out_ref, lse_ref, dq_ref, dk_ref, dv_ref = _ref(q, k, v, None, True, E**-0.5, g)
     out, lse = tk.attention_forward(q, k, v, None, True, E**-0.5)
     dq, dk, dv = tk.attention_backward(g, q, k, v, out, lse, None, True, E**-0.5)
+    qt, kt, vt = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out_t = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=E**-0.5)
+    out_t.backward(g)
+    torch_side = {"out": out_t, "dq": qt.grad, "dk": kt.grad, "dv": vt.grad}
+
+    def err(a, r):
+        return ((a.double().cpu() - r).norm() / r.norm()).item()
+
     for name, a, r in [("out", out, out_ref), ("dq", dq, dq_ref), ("dk", dk, dk_ref), ("dv", dv, dv_ref)]:
-        err = ((a.double().cpu() - r).norm() / r.norm()).item()
-        assert err < 2e-2, (name, err)
+        mine, theirs = err(a, r), err(torch_side[name], r)
+        assert mine < max(2e-2, 1.25 * theirs), (name, mine, theirs)

@@ -107,3 +107,37 @@ def test_adam_float16_states(decoupled):
         opt.step()
         tk.adam_step(p, g, m, v, step, 1e-3, 0.9, 0.999, 1e-8, 0.01, decoupled)
     assert_close(p, ref.detach(), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("decoupled,weight_decay", [(True, 1e-2), (False, 1e-2), (False, 0.0)])
+def test_adam_multi_step_matches_per_tensor_steps(dtype, decoupled, weight_decay):
+    """One launch over a list (sizes around the chunk edges, an empty tensor) gives bit for bit what one
+    adam_step per tensor gives, over several steps."""
+    chunk = tk._MULTI_CHUNK
+    sizes = [1, chunk - 1, chunk, 0, chunk + 1, 2 * chunk + 77, 5]
+    ps = [trand((n,), dtype, seed=1 + i) for i, n in enumerate(sizes)]
+    lists_multi = [[p.clone() for p in ps], [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps]]
+    lists_one = [[p.clone() for p in ps], [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps]]
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay, decoupled=decoupled)
+    for step in range(1, 4):
+        grads = [trand((n,), dtype, seed=100 * step + i, scale=0.3) for i, n in enumerate(sizes)]
+        tk.adam_multi_step(lists_multi[0], grads, lists_multi[1], lists_multi[2], step=step, **hyper)
+        for p, g, m, v in zip(*lists_one[:1], grads, lists_one[1], lists_one[2]):
+            tk.adam_step(p, g, m, v, step=step, **hyper)
+    for a_list, b_list in zip(lists_multi, lists_one):
+        for a, b in zip(a_list, b_list):
+            assert torch.equal(a, b)
+
+
+def test_adam_multi_step_rejects_mixed_inputs():
+    p = trand((10,), torch.float32, seed=1)
+    with pytest.raises(ValueError, match="differ in length"):
+        tk.adam_multi_step([p], [], [p.clone()], [p.clone()], step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                           weight_decay=0.0, decoupled=True)
+    with pytest.raises(ValueError, match="one dtype"):
+        tk.adam_multi_step([p], [p.double()], [torch.zeros_like(p)], [torch.zeros_like(p)], step=1, lr=1e-3,
+                           beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=True)
+    with pytest.raises(ValueError, match="step counts from 1"):
+        tk.adam_multi_step([p], [p], [p], [p], step=0, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                           weight_decay=0.0, decoupled=True)
