@@ -53,20 +53,23 @@ def _tile_scores(
     L, S,
     CAUSAL: tl.constexpr,
     MASK_KIND: tl.constexpr,
+    BOUNDS: tl.constexpr = True,  # False: every key of the tile exists (a full tile), no check needed
 ):
     """Apply bounds, causal and user masks to a (query, key) score tile: -inf where not admissible."""
-    valid = (rows < L)[:, None] & (cols < S)[None, :]
-    if CAUSAL:
-        valid = valid & (cols[None, :] <= rows[:, None])  # torch's top-left aligned causal mask
-    if MASK_KIND != 0:
-        m_ptrs = mask_base + rows.to(tl.int64)[:, None] * stride_ml + cols.to(tl.int64)[None, :] * stride_ms
-        m_ok = (rows < L)[:, None] & (cols < S)[None, :]
-        if MASK_KIND == 1:
-            valid = valid & (tl.load(m_ptrs, mask=m_ok, other=0) != 0)
-        else:
-            s = s + tl.load(m_ptrs, mask=m_ok, other=0.0).to(s.dtype) * 1.4426950408889634
-    # a select, never a multiply: NaN/inf scores of masked keys disappear
-    return tl.where(valid, s, -float("inf"))
+    if BOUNDS or CAUSAL or MASK_KIND != 0:  # else: a full tile below the diagonal, nothing to remove
+        valid = (rows < L)[:, None] & (cols < S)[None, :]
+        if CAUSAL:
+            valid = valid & (cols[None, :] <= rows[:, None])  # torch's top-left aligned causal mask
+        if MASK_KIND != 0:
+            m_ptrs = mask_base + rows.to(tl.int64)[:, None] * stride_ml + cols.to(tl.int64)[None, :] * stride_ms
+            m_ok = (rows < L)[:, None] & (cols < S)[None, :]
+            if MASK_KIND == 1:
+                valid = valid & (tl.load(m_ptrs, mask=m_ok, other=0) != 0)
+            else:
+                s = s + tl.load(m_ptrs, mask=m_ok, other=0.0).to(s.dtype) * 1.4426950408889634
+        # a select, never a multiply: NaN/inf scores of masked keys disappear
+        s = tl.where(valid, s, -float("inf"))
+    return s
 
 
 FLAG_N = 16  # key rows per non-finite flag (the smallest BLOCK_N)
@@ -140,6 +143,36 @@ def _nonfinite_rows_kernel(
 
 
 @triton.jit
+def _fwd_tile(acc, l_i, m_i, q, start_n, rows, offs_n, offs_d, offs_dv, k_base, v_base, mask_base, vbad_ptr, b,
+              n_flags, stride_ks, stride_ke, stride_vs, stride_ve, stride_ml, stride_ms, L, S, qk_scale,
+              CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, BOUNDS: tl.constexpr, ACC: tl.constexpr,
+              PREC: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One key tile of the online softmax: returns the updated (acc, l_i, m_i)."""
+    cols = start_n + offs_n
+    col_ok = cols < S
+    # both tiles load unconditionally, so the pipeliner can prefetch them stages ahead
+    kT = tl.load(k_base + cols.to(tl.int64)[None, :] * stride_ks + offs_d[:, None] * stride_ke,
+                 mask=col_ok[None, :], other=0.0)
+    v = tl.load(v_base + cols.to(tl.int64)[:, None] * stride_vs + offs_dv[None, :] * stride_ve,
+                mask=col_ok[:, None], other=0.0)
+    s = _mm(q, kT, PREC, ACC) * qk_scale
+    s = _tile_scores(s, rows, cols, mask_base, stride_ml, stride_ms, L, S, CAUSAL, MASK_KIND, BOUNDS)
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # a row with nothing admissible so far keeps m = -inf: shift by 0 there so that
+    # exp2(-inf - -inf) = NaN never happens (its p and alpha come out 0 instead)
+    m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    pv = _mm(p.to(v.dtype), v, PREC, ACC)
+    if _tile_flagged(vbad_ptr, b, n_flags, start_n, BLOCK_N):
+        # rare: NaN/inf in this tile of V; the dot turned 0 * NaN into NaN for rows that never attend it
+        pv = _product_skipping_zeros(p, v, offs_n, PREC, ACC, BLOCK_N)
+    acc = acc * alpha[:, None] + pv
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
     vbad_ptr,  # *int8 (B, n_flags): 1 where a FLAG_N-row group of V holds NaN/inf
@@ -175,32 +208,22 @@ def _attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=ACC)  # running sum of exp2(s - m_i)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=ACC)  # accumulate P @ V in fp32
 
+    # Phase 1: full key tiles wholly below the diagonal (every key exists and is admissible to every row of
+    # this tile, causal or not): no bounds or causal selects. Phase 2: the rest (the diagonal tiles, the
+    # partial last tile) with every check. start_m is a multiple of BLOCK_N (BLOCK_M % BLOCK_N == 0).
+    full = (S // BLOCK_N) * BLOCK_N
     hi = S
     if CAUSAL:
         hi = tl.minimum(S, start_m + BLOCK_M)  # skip the key tiles wholly above the diagonal
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
-        col_ok = cols < S
-        # both tiles load unconditionally, so the pipeliner can prefetch them stages ahead
-        kT = tl.load(k_base + cols.to(tl.int64)[None, :] * stride_ks + offs_d[:, None] * stride_ke,
-                     mask=col_ok[None, :], other=0.0)
-        v = tl.load(v_base + cols.to(tl.int64)[:, None] * stride_vs + offs_dv[None, :] * stride_ve,
-                    mask=col_ok[:, None], other=0.0)
-        s = _mm(q, kT, PREC, ACC) * qk_scale
-        s = _tile_scores(s, rows, cols, mask_base, stride_ml, stride_ms, L, S, CAUSAL, MASK_KIND)
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        # a row with nothing admissible so far keeps m = -inf: shift by 0 there so that
-        # exp2(-inf - -inf) = NaN never happens (its p and alpha come out 0 instead)
-        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        pv = _mm(p.to(v.dtype), v, PREC, ACC)
-        if _tile_flagged(vbad_ptr, b, n_flags, start_n, BLOCK_N):
-            # rare: NaN/inf in this tile of V; the dot turned 0 * NaN into NaN for rows that never attend it
-            pv = _product_skipping_zeros(p, v, offs_n, PREC, ACC, BLOCK_N)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        full = tl.minimum(full, start_m)
+    for start_n in range(0, full, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, start_n, rows, offs_n, offs_d, offs_dv, k_base, v_base,
+                                  mask_base, vbad_ptr, b, n_flags, stride_ks, stride_ke, stride_vs, stride_ve,
+                                  stride_ml, stride_ms, L, S, qk_scale, False, MASK_KIND, False, ACC, PREC, BLOCK_N)
+    for start_n in range(full, hi, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, start_n, rows, offs_n, offs_d, offs_dv, k_base, v_base,
+                                  mask_base, vbad_ptr, b, n_flags, stride_ks, stride_ke, stride_vs, stride_ve,
+                                  stride_ml, stride_ms, L, S, qk_scale, CAUSAL, MASK_KIND, True, ACC, PREC, BLOCK_N)
 
     has_any = l_i != 0  # NaN (a NaN score on an admissible key) propagates; only 0 means "no key"
     out = tl.where(has_any[:, None], acc / tl.where(has_any, l_i, 1.0)[:, None], 0.0)  # fully masked: 0
@@ -425,6 +448,11 @@ def _launcher(kernel, configs, n_scores):
         return _TUNED[key], {}
     m, n, w, st = configs[0]
     return kernel, dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)
+
+
+# the forward's two-phase loop needs query tiles that start on key-tile boundaries
+assert all(m % n == 0 for dt in (torch.float16, torch.float32, torch.float64) for bd in (16, 128)
+           for m, n, _, _ in _fwd_configs(dt, bd))
 
 
 def tuned_configs():
