@@ -173,6 +173,10 @@ def write_markdown(rows, machine, limits, rows_1t=None):
     if os.path.exists(notes):
         with open(notes) as f:
             lines += [f.read()]
+    gpu = os.path.join(HERE, "GPU_RESULTS.md")  # the last `make gpu-check` table (a GPU machine's run)
+    if os.path.exists(gpu):
+        with open(gpu) as f:
+            lines += ["", "---", "", f.read().replace("# GPU check", "# GPU check (bench/GPU_RESULTS.md)", 1)]
     with open(MD, "w") as f:
         f.write("\n".join(lines))
 
