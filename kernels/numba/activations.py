@@ -24,8 +24,8 @@ gelu(-inf) and silu(-inf) are NaN, as torch's formulas give ``-inf * 0``; gelu/s
 NaN). Kernels that divide use ``error_model='numpy'`` (IEEE division, no zero-divisor branch in the loop).
 """
 import numba
-import numpy as np
 
+from . import _blocks
 from . import _vmath as vm
 
 _BLOCK = 16384  # elements per parallel work item: big enough to amortise scheduling, fits in L2
@@ -189,7 +189,7 @@ def _check_approximate(approximate):
 
 def _launch(kernel, x, *inputs):
     # Allocate the output, skip the kernel for an empty input.
-    out = np.empty_like(x)
+    out = _blocks.empty_like(x)
     if x.size:
         kernel(x, *inputs, out)
     return out

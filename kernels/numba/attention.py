@@ -60,6 +60,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from . import _blocks
 from ._attention_tasks import next_task, run_tasks
 
 BLOCK_M = 96  # query rows per forward task (a multiple of _MR)
@@ -731,7 +732,7 @@ def attention_forward(q, k, v, mask, is_causal, scale):
     dt = q.dtype
     if B == 0 or L == 0 or S == 0:  # no key at all: every row is fully masked
         return np.zeros((B, L, Ev), dt), np.full((B, L), -np.inf, dt)
-    out = np.empty((B, L, Ev), dt)  # every row is written by exactly one task
+    out = _blocks.empty((B, L, Ev), dt)  # every row is written by exactly one task
     lse = np.empty((B, L), dt)
     nr = _panel_width(dt)
     Sp, Ep, Evp = _ceil(S, BLOCK_N), _ceil(E, nr), _ceil(Ev, nr)

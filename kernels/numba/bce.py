@@ -22,6 +22,7 @@ zero-divisor branches out of the loops. ``'mean'`` of an empty input is NaN, ``'
 import numba
 import numpy as np
 
+from . import _blocks
 from . import _vmath as vm
 
 _BLOCK = 16384  # elements per parallel work item (whole rows)
@@ -152,7 +153,7 @@ def bce_with_logits_forward(x, y, pos_weight, reduction):
     _check(reduction)
     pw, has_pw, rows = _layout(x, pos_weight)
     if reduction == "none":
-        loss = np.empty_like(x)
+        loss = _blocks.empty_like(x)
         if x.size:
             _bce_fwd_kernel(x, y, pw, has_pw, rows, loss)
         return loss
@@ -178,7 +179,7 @@ def bce_with_logits_backward(grad, x, y, pos_weight, reduction):
         ``(R, C)`` gradient of x's dtype.
     """
     _check(reduction)
-    gx = np.empty_like(x)
+    gx = _blocks.empty_like(x)
     if x.size == 0:
         return gx
     pw, has_pw, rows = _layout(x, pos_weight)

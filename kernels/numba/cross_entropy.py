@@ -42,11 +42,11 @@ fresh gradient). A fresh 524 MB gradient's first-touch page faults alone cost ~3
 copy into fresh memory took 370 ms vs 64 ms into reused memory, at load 5.7), hence the recycling below.
 """
 import math
-import threading
 
 import numpy as np
 from numba import njit, prange
 
+from . import _blocks
 from . import _vmath as vm
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -156,67 +156,17 @@ def _cross_entropy_serial_kernel(logits, target, ignore_index, label_smoothing, 
 
 
 # -- gradient buffers ------------------------------------------------------------------------------------
-# A fresh (N, C) gradient costs its first-touch page faults: on the project machine (a VM) faulting in
-# 524 MB takes ~300 ms of kernel time, five times the kernel's own DRAM traffic. In a training loop the
-# previous step's gradient is freed (zero_grad) just before the next one is needed, so large gradient
-# blocks are recycled: when every view of a block (NumPy or torch.from_numpy) is gone, `_Block.__del__`
-# parks it on a small free list instead of returning it to the OS, and the next call of that size takes it.
-# A recycled block is still a fresh output to the caller (no one else references it); its stale contents
-# never show, because the kernel writes every row.
-_RECYCLE_MIN_BYTES = 32 << 20  # smaller blocks come from malloc's heap anyway
-_RECYCLE_KEEP = 1  # at most this many idle blocks, all sizes together (one step's gradient)
-_free_blocks = []
-_free_lock = threading.Lock()
-
-
-class _Block:
-    """Owner of one gradient buffer: arrays made from it (and their views) keep it alive."""
-
-    __slots__ = ("__array_interface__", "raw")
-
-    def __init__(self, raw, shape, dtype):
-        self.raw = raw  # 1-D uint8 array holding the memory (64 bytes more than needed, for alignment)
-        address = raw.ctypes.data + (-raw.ctypes.data) % 64  # cache-line aligned rows when C * itemsize is
-        self.__array_interface__ = {"shape": shape, "typestr": np.dtype(dtype).str, "version": 3,
-                                    "data": (address, False)}
-
-    def __del__(self):
-        # never block here (this can run inside any allocation, in any thread): drop the block if busy
-        if _free_lock.acquire(blocking=False):
-            try:
-                if len(_free_blocks) < _RECYCLE_KEEP:
-                    _free_blocks.append(self.raw)
-            finally:
-                _free_lock.release()
-
-
-def _drop_recycled():
-    """Return the idle gradient blocks to the OS (benchmarks call this between shapes)."""
-    with _free_lock:
-        _free_blocks.clear()
-
-
-def _empty_grad(shape, dtype):
-    """An uninitialised C-contiguous array, from the free list when one of the same byte size is idle."""
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    if nbytes < _RECYCLE_MIN_BYTES:
-        return np.empty(shape, dtype)
-    raw = None
-    with _free_lock:
-        for k, block in enumerate(_free_blocks):
-            if block.nbytes == nbytes + 64:
-                raw = _free_blocks.pop(k)
-                break
-    if raw is None:
-        raw = np.empty(nbytes + 64, np.uint8)
-    return np.asarray(_Block(raw, tuple(shape), dtype))
+# The (N, C) gradient comes from the recycled-block pool (`_blocks`): a fresh 524 MB gradient costs ~300 ms
+# of first-touch page faults on the project machine, five times the kernel's own DRAM traffic. Every row is
+# written by the kernel, so a recycled block's old contents never show.
+_drop_recycled = _blocks.drop_idle  # kept for the benchmarks
 
 
 def _run(logits, target, ignore_index, label_smoothing, row_scale, scale_per_row, compute_grad):
     """Launch the kernel; returns (per-row float64 losses, gradient or None)."""
     n, c = logits.shape
     loss = np.empty(n, np.float64)
-    grad = _empty_grad((n, c) if compute_grad else (0, 0), logits.dtype)  # every row is written: no zero fill
+    grad = _blocks.empty((n, c) if compute_grad else (0, 0), logits.dtype)  # every row is written: no zero fill
     parallel = logits.size >= _SERIAL_BELOW
     kernel = _cross_entropy_kernel if parallel else _cross_entropy_serial_kernel
     row_scale = np.ascontiguousarray(row_scale, dtype=np.float64).reshape(-1)

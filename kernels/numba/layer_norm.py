@@ -23,6 +23,8 @@ import math
 import numba
 import numpy as np
 
+from . import _blocks
+
 _FM_SUM = {"reassoc", "contract", "nsz", "arcp"}
 _MAX_CHUNKS = 64  # row chunks in the backward: enough parallel work, few partial rows to add up
 _MAX_PARTIAL = 1 << 21  # cap on chunks * D float64 partials per array (16 MiB)
@@ -129,7 +131,7 @@ def layer_norm_forward(x, weight, bias, eps):
         is 0 and rstd NaN, as torch.native_layer_norm.
     """
     R, D = x.shape
-    y = np.empty_like(x)
+    y = _blocks.empty_like(x)
     if D == 0:
         return y, np.zeros(R, x.dtype), np.full(R, np.nan, x.dtype)
     mean = np.empty(R, x.dtype)
@@ -160,7 +162,7 @@ def layer_norm_backward(grad, x, weight, mean, rstd):
     """
     R, D = x.shape
     dt = x.dtype
-    gx = np.empty_like(x)
+    gx = _blocks.empty_like(x)
     if x.size == 0:
         return gx, (None if weight is None else np.zeros(D, dt)), np.zeros(D, dt)
     n_chunks = _n_chunks(R, D)

@@ -27,6 +27,7 @@ import numba
 import numpy as np
 
 from .. import _composed_linear_act as _composed
+from . import _blocks
 from . import _vmath as vm
 from . import activations as _act
 from . import matmul as _mm
@@ -137,9 +138,9 @@ def linear_act_forward(x, weight, bias, activation, save):
     """
     code = _code(activation)
     n, o = x.shape[0], weight.shape[0]
-    y = np.empty((n, o), x.dtype)
+    y = _blocks.empty((n, o), x.dtype)
     keep = save and activation not in ("none", "relu")
-    saved = np.empty_like(y) if keep else None
+    saved = _blocks.empty_like(y) if keep else None
     if y.size == 0:
         return y, (y if save and activation == "relu" else saved)
     has_bias = bias is not None
@@ -176,7 +177,7 @@ def linear_act_backward(grad, x, weight, bias, saved, activation):
             saved, _ = linear_act_forward(x, weight, bias, "none", False)
             if code == 2:
                 _epilogue_kernel(saved, np.empty(0, x.dtype), np.empty((0, 0), x.dtype), 2, False, False)
-        g_pre = np.empty_like(grad)
+        g_pre = _blocks.empty_like(grad)
         if grad.size:
             _grad_pre_kernel(saved, grad, g_pre, code)
     return _mm.linear_backward(g_pre, x, weight, bias is not None)

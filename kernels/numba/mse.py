@@ -15,6 +15,8 @@ the loss as in torch. ``'mean'`` of an empty input is NaN, ``'sum'`` is 0 (torch
 import numba
 import numpy as np
 
+from . import _blocks
+
 _BLOCK = 16384  # elements per parallel work item
 _FM_SUM = {"reassoc", "contract", "nsz", "arcp"}
 _REDUCTIONS = ("none", "mean", "sum")
@@ -108,7 +110,7 @@ def mse_forward(x, y, reduction):
     _check(reduction)
     n = x.shape[0]
     if reduction == "none":
-        loss = np.empty_like(x)
+        loss = _blocks.empty_like(x)
         if n:
             _mse_fwd_kernel(x, y, loss)
         return loss
@@ -134,7 +136,7 @@ def mse_backward(grad, x, y, reduction):
     """
     _check(reduction)
     n = x.shape[0]
-    gx = np.empty_like(x)
+    gx = _blocks.empty_like(x)
     if n == 0:
         return gx
     if reduction == "none":

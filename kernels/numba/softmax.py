@@ -29,6 +29,7 @@ import math
 import numba
 import numpy as np
 
+from . import _blocks
 from . import _vmath as vm
 
 # Reduction-only fast-math: reassociation lets LLVM keep several partial sums in vector lanes.
@@ -134,7 +135,7 @@ def softmax_forward(x):
     Returns:
         ``(R, C)`` array of the same dtype; each finite row sums to 1.
     """
-    y = np.empty_like(x)
+    y = _blocks.empty_like(x)
     if x.size:
         _softmax_fwd_kernel(x, y)
     return y
@@ -150,7 +151,7 @@ def softmax_backward(y, grad):
     Returns:
         ``(R, C)`` gradient w.r.t. the logits.
     """
-    gx = np.empty_like(y)
+    gx = _blocks.empty_like(y)
     if y.size:
         _softmax_bwd_kernel(y, grad, gx)
     return gx
@@ -165,7 +166,7 @@ def log_softmax_forward(x):
     Returns:
         ``(R, C)`` array of the same dtype, every finite entry <= 0.
     """
-    y = np.empty_like(x)
+    y = _blocks.empty_like(x)
     if x.size:
         _log_softmax_fwd_kernel(x, y)
     return y
@@ -181,7 +182,7 @@ def log_softmax_backward(y, grad):
     Returns:
         ``(R, C)`` gradient w.r.t. the logits.
     """
-    gx = np.empty_like(y)
+    gx = _blocks.empty_like(y)
     if y.size:
         _log_softmax_bwd_kernel(y, grad, gx)
     return gx

@@ -1,0 +1,71 @@
+"""The Numba backend's recycled output blocks (kernels/numba/_blocks.py)."""
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from dlcore.kernels.numba import _blocks
+from dlcore.kernels.numba import softmax as nsm
+from tests._compare import rand
+
+
+@pytest.fixture(autouse=True)
+def _clean_pool():
+    _blocks.drop_idle()
+    yield
+    _blocks.drop_idle()
+
+
+def _big(dtype=np.float32):
+    n = _blocks.MIN_BYTES // np.dtype(dtype).itemsize
+    return (n // 1024 + 1, 1024)  # just above the threshold
+
+
+def test_small_arrays_are_plain_and_big_ones_aligned():
+    small = _blocks.empty((3, 5), np.float64)
+    assert small.shape == (3, 5) and small.dtype == np.float64 and small.flags.owndata
+    big = _blocks.empty(_big(), np.float32)
+    assert big.shape == _big() and big.flags.c_contiguous and big.flags.writeable
+    assert big.ctypes.data % 64 == 0
+
+
+def test_a_block_is_reused_only_when_every_view_is_gone():
+    a = _blocks.empty(_big(), np.float32)
+    addr = a.ctypes.data
+    view = torch.from_numpy(a[1:])
+    del a
+    gc.collect()
+    b = _blocks.empty(_big(), np.float32)
+    assert b.ctypes.data != addr, "reused while a torch view was alive"
+    del view
+    gc.collect()
+    c = _blocks.empty(_big(), np.float32)
+    assert c.ctypes.data == addr
+    assert not np.shares_memory(b, c)
+
+
+def test_idle_pool_is_bounded(monkeypatch):
+    monkeypatch.setattr(_blocks, "MAX_IDLE", 2)
+    arrays = [_blocks.empty(_big(), np.float32) for _ in range(4)]
+    del arrays
+    gc.collect()
+    assert len(_blocks._free) == 2
+    monkeypatch.setattr(_blocks, "MAX_IDLE_BYTES", _blocks._free[0].nbytes)
+    _blocks.drop_idle()
+    arrays = [_blocks.empty(_big(), np.float32) for _ in range(3)]
+    del arrays
+    gc.collect()
+    assert len(_blocks._free) == 1
+
+
+def test_stale_contents_never_show_in_a_kernel_output():
+    """softmax writes every element: a recycled block poisoned with NaN gives the same bits as fresh memory."""
+    x = rand(_big(), np.float32, seed=3)
+    fresh = nsm.softmax_forward(x).copy()
+    y = nsm.softmax_forward(x)
+    y.fill(np.nan)
+    del y
+    gc.collect()
+    again = nsm.softmax_forward(x)
+    assert np.array_equal(again, fresh)
