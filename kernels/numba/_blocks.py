@@ -48,7 +48,7 @@ class _Block:
                         _free.append(self.raw)
                 finally:
                     _lock.release()
-        except Exception:  # noqa: BLE001 - interpreter shutdown: module globals may be gone; just drop it
+        except Exception:  # noqa: BLE001, S110 - interpreter shutdown: module globals may be gone; just drop it
             pass
 
 

@@ -36,10 +36,14 @@ bitwise reproducible across thread counts.
 
 Floor: 2*M*N*K flops (compute-bound); ``gemm`` reads B once per panel for packing.
 """
+import math
 import sys
 
+import numba
 import numpy as np
 from numba import njit, prange
+
+from . import _blas_threads, _blocks
 
 _FASTMATH = {"reassoc", "contract"}  # vectorized k-sums with FMAs; no nnan/ninf (RELIABILITY 20)
 _MB = 48  # rows of C per parallel tile (a multiple of the 2-row register block)
@@ -223,7 +227,26 @@ def blas_matmul(a, b, out=None):
             return torch.matmul(ta, tb).numpy()
         torch.matmul(ta, tb, out=torch.from_numpy(out))
         return out
+    threads = _split_threads(a, b)
+    if threads > 1:  # big: row/batch blocks over dlcore's threads, BLAS held at one thread (_blas_threads)
+        if out is None:
+            out = _blocks.empty(a.shape[:-1] + (b.shape[-1],), a.dtype)
+        return _blas_threads.split_matmul(a, b, out, threads)
     return np.matmul(a, b, out=out)
+
+
+def _split_threads(a, b) -> int:
+    """How many single-threaded BLAS calls :func:`blas_matmul` cuts ``a @ b`` into (1: no split)."""
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or a.ndim < 2 or b.ndim < 2:
+        return 1
+    if not (b.ndim == 2 or (a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2])):
+        return 1  # broadcast batch dims: leave them to np.matmul
+    if a.shape[-1] != b.shape[-2]:
+        return 1  # np.matmul raises its own error
+    flops = 2 * math.prod(a.shape[:-1]) * a.shape[-1] * b.shape[-1]
+    if flops < _blas_threads.SPLIT_MIN_FLOPS:
+        return 1
+    return min(numba.get_num_threads(), max(1, math.prod(a.shape[:-1])))
 
 
 def matmul(a, b):

@@ -1,0 +1,66 @@
+"""Large products split over dlcore's threads with BLAS at one thread (kernels/numba/_blas_threads.py)."""
+import numpy as np
+import pytest
+import torch
+
+from dlcore.kernels.numba import _blas_threads as bt
+from dlcore.kernels.numba import matmul as nmm
+from tests._compare import assert_close, rand
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [2, 3, 7])
+@pytest.mark.parametrize("shape_a,shape_b", [((37, 19), (19, 23)), ((5, 9, 12), (5, 12, 4)), ((2, 33, 8), (8, 6)),
+                                             ((1, 7), (7, 3))])
+def test_split_matmul_matches_one_call(dtype, threads, shape_a, shape_b):
+    """Row or batch blocks (sizes not divisible by the thread count, more threads than rows) give the
+    product of one np.matmul, up to BLAS's summation order (it differs between its kernels for full and
+    partial row blocks): within a few ulps of the products' magnitude."""
+    a, b = rand(shape_a, dtype, seed=1), rand(shape_b, dtype, seed=2)
+    ref = np.matmul(a, b)
+    out = np.full(ref.shape, np.nan, dtype)
+    assert bt.split_matmul(a, b, out, threads) is out
+    scale = float(np.abs(a).max() * np.abs(b).max() * a.shape[-1])  # bound on |sum of products|
+    eps = np.finfo(dtype).eps
+    assert np.all(np.isfinite(out))
+    assert np.abs(out - ref).max() <= 4 * eps * scale
+
+
+def test_split_reads_transposed_views_and_restores_blas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    a, b = rand((64, 48), np.float32, seed=3), rand((64, 40), np.float32, seed=4)
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    out = np.empty((48, 40), np.float32)
+    bt.split_matmul(a.T, b, out, 2)  # a^T: a strided view, as in a weight gradient
+    assert_close(out, a.T @ b, rtol=1e-6, atol=0)
+    after = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    assert after == before
+
+
+def test_worker_errors_reach_the_caller():
+    def boom():
+        raise RuntimeError("in a worker")
+
+    with pytest.raises(RuntimeError, match="in a worker"):
+        bt._pool.run([lambda: None, boom])
+
+
+def test_blas_matmul_splits_only_big_products(monkeypatch):
+    calls = []
+    real = bt.split_matmul
+    monkeypatch.setattr(bt, "split_matmul", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(bt, "SPLIT_MIN_FLOPS", 2 * 40 * 30 * 20)
+    a, b = rand((40, 30), np.float32, seed=5), rand((30, 20), np.float32, seed=6)
+    import numba
+
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        y = nmm.blas_matmul(a, b)
+        assert_close(y, torch.from_numpy(a) @ torch.from_numpy(b), rtol=1e-5, atol=1e-6)
+        expect_split = numba.get_num_threads() > 1
+        assert (len(calls) == 1) == expect_split
+        nmm.blas_matmul(a[:10], b)  # under the threshold: one plain call
+        assert len(calls) == (1 if expect_split else 0)
+    finally:
+        numba.set_num_threads(saved)
