@@ -610,56 +610,46 @@ class _OneThread:
     wakes the thread pools, and on a busy machine waits for a descheduled worker (an MLP step of 128x256
     measured 0.34x torch that way, every kernel taking one scheduler slice). Below `SERIAL_BELOW` elements
     the op runs on the calling thread. The numbers do not change beyond the rounding a thread count may
-    bring (every kernel is tested for that). Nested and concurrent use from several Python threads is safe:
-    the BLAS count is global, so it is lowered on the first entry and restored on the last exit.
+    bring (every kernel is tested for that). Only what the op uses is switched: the BLAS count for the
+    BLAS ops (`BLAS_OPS`), Numba's for the others (each switch costs microseconds, twice per op). The BLAS
+    lowering is the one `dlcore.kernels.numba._blas_threads` shares with the split products: nested and
+    concurrent use from several Python threads is safe (lowered on the first entry, restored on the last).
     """
 
     def __init__(self):
-        import threading
+        from dlcore.kernels.numba._blas_threads import blas_threads
 
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._blas = None  # threadpoolctl controllers of the loaded BLAS libraries (made on first use)
-        self._saved = None
+        self._blas = blas_threads
+        try:  # Numba's own setters, without the public wrappers' checks (~6 us -> ~1 us per switch)
+            from numba.np.ufunc import parallel as _par
 
-    def _blas_libs(self):
-        if self._blas is None:
-            try:
-                from threadpoolctl import ThreadpoolController
+            numba_get, numba_set = _par._get_num_threads, _par._set_num_threads
+            numba_get()
+        except (ImportError, AttributeError, TypeError):
+            import numba
 
-                self._blas = ThreadpoolController().select(user_api="blas").lib_controllers
-            except ImportError:  # threadpoolctl missing: only Numba's threads are limited
-                self._blas = []
-        return self._blas
-
-    def _lower_blas(self):
-        with self._lock:
-            if self._depth == 0:
-                libs = self._blas_libs()
-                self._saved = [lib.num_threads for lib in libs]
-                for lib in libs:
-                    lib.set_num_threads(1)
-            self._depth += 1
-
-    def _restore_blas(self):
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                for lib, n in zip(self._blas_libs(), self._saved):
-                    lib.set_num_threads(n)
+            numba_get, numba_set = numba.get_num_threads, numba.set_num_threads
+        self._numba_get, self._numba_set = numba_get, numba_set
 
     @contextlib.contextmanager
-    def __call__(self):
-        import numba
-
-        self._lower_blas()
-        saved = numba.get_num_threads()  # Numba's count is per Python thread
-        numba.set_num_threads(1)
+    def __call__(self, blas=True, numba=True):
+        if blas:
+            self._blas.lower()
+        saved = self._numba_get() if numba else None  # Numba's count is per Python thread
+        if numba:
+            self._numba_set(1)
         try:
             yield
         finally:
-            numba.set_num_threads(saved)
-            self._restore_blas()
+            if numba:
+                self._numba_set(saved)
+            if blas:
+                self._blas.restore()
+
+
+# Ops whose Numba-backend kernels call BLAS (and whether they also run Numba kernels): the others run only
+# Numba kernels, so only Numba's count is switched for them.
+BLAS_OPS = {"matmul": False, "linear": False, "linear_act": True}
 
 
 _one_thread = None
@@ -676,13 +666,15 @@ def _is_small(call, arrays) -> bool:
     return 0 < biggest < SERIAL_BELOW
 
 
-def _threads(small):
+def _threads(small, op=None):
     global _one_thread
     if not small:
         return contextlib.nullcontext()
     if _one_thread is None:
         _one_thread = _OneThread()
-    return _one_thread()
+    if op in BLAS_OPS:
+        return _one_thread(blas=True, numba=BLAS_OPS[op])
+    return _one_thread(blas=False, numba=True)
 
 
 def apply_op(call, forward, backward, arrays, params):
@@ -693,14 +685,14 @@ def apply_op(call, forward, backward, arrays, params):
     call.grad_needed = record
     natives = [call.to_native(a) for a in arrays]
     small = _is_small(call, natives)
-    with _threads(small):
+    with _threads(small, call.op):
         out, saved = forward(call, *natives, **params)
     result = Tensor(call.from_native(out))
     if record:
         small = small and getattr(out, "size", 0) < SERIAL_BELOW  # the gradient has the output's size
 
         def bwd(g):
-            with _threads(small):
+            with _threads(small, call.op):
                 grads = backward(call, saved, call.to_native(g), needs, **params)
             return [call.from_native(x) if (x is not None and n) else None for x, n in zip(grads, needs)]
 

@@ -176,11 +176,14 @@ class Adam(Optimizer):
                       mt.ChunkTable([p.data.size for p in ps]))
             self._fused_cache[key] = cached
         params, exp_avgs, exp_avg_sqs, table = cached
-        grads = mt.typed_list([p.grad.reshape(-1) for p in ps])
         beta1, beta2 = group["betas"]
         hyper, flags = mt.adam_hyper(ps[0].data.dtype, step, float(group["lr"]), float(beta1), float(beta2),
                                      float(group["eps"]), float(group["weight_decay"]), self._decoupled)
-        mt.adam_multi_step(params, grads, exp_avgs, exp_avg_sqs, table, hyper, flags)
+        if table.total < mt.SERIAL_BELOW:  # small model: no typed List of this step's gradients
+            mt.adam_small_step(params, [p.grad.reshape(-1) for p in ps], exp_avgs, exp_avg_sqs, hyper, flags)
+        else:
+            grads = mt.typed_list([p.grad.reshape(-1) for p in ps])
+            mt.adam_multi_step(params, grads, exp_avgs, exp_avg_sqs, table, hyper, flags)
         for s in states:
             s["step"] = step
 

@@ -259,11 +259,14 @@ class _FusedAdam:
                           mt.ChunkTable([p.numel() for p in ps]))
                 cache[key] = cached
             pl, ml, vl, table = cached
-            grads = mt.typed_list([p.grad.detach().numpy().reshape(-1) for p in ps])
+            grads = [p.grad.detach().numpy().reshape(-1) for p in ps]
             hyper, flags = mt.adam_hyper(pl[0].dtype, step, float(group["lr"]), float(beta1), float(beta2),
                                          float(group["eps"]), float(group["weight_decay"]),
                                          self._decoupled_for(group))
-            mt.adam_multi_step(pl, grads, ml, vl, table, hyper, flags)
+            if table.total < mt.SERIAL_BELOW:  # small model: no typed List of this step's gradients
+                mt.adam_small_step(pl, grads, ml, vl, hyper, flags)
+            else:
+                mt.adam_multi_step(pl, mt.typed_list(grads), ml, vl, table, hyper, flags)
 
 
 def _overlap(a, b) -> bool:

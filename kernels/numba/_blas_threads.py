@@ -29,39 +29,56 @@ SPLIT_MIN_FLOPS = 1 << 26  # smaller products: one np.matmul (a split's hand-off
 
 
 class _BlasThreads:
-    """Depth-counted lowering of every loaded BLAS library to one thread (threadpoolctl)."""
+    """Depth-counted lowering of every loaded BLAS library to one thread.
+
+    The libraries are found once with threadpoolctl. For OpenBLAS with its own thread pool (NumPy's),
+    its ``openblas_get/set_num_threads`` are called directly through ctypes (~1 us; threadpoolctl's
+    wrapper costs ~10 us a call, and small training ops switch twice each); other libraries go through
+    threadpoolctl. Nested and concurrent users (several Python threads) share one lowering: the count
+    is lowered on the first entry and restored on the last exit.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._depth = 0
-        self._libs = None
+        self._libs = None  # [(get, set)] per library
         self._saved = None
 
     def _controllers(self):
         if self._libs is None:
+            libs = []
             try:
                 from threadpoolctl import ThreadpoolController
 
-                self._libs = ThreadpoolController().select(user_api="blas").lib_controllers
+                for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+                    get = set_ = None
+                    if getattr(lib, "internal_api", "") == "openblas" and lib.threading_layer != "openmp":
+                        symbol = getattr(lib, "_get_symbol", None)
+                        if symbol is not None:
+                            get, set_ = symbol("openblas_get_num_threads"), symbol("openblas_set_num_threads")
+                    if get is None or set_ is None:
+                        get, set_ = (lambda lib=lib: lib.num_threads), lib.set_num_threads
+                    libs.append((get, set_))
             except ImportError:  # threadpoolctl missing: the BLAS count cannot be changed
-                self._libs = []
+                pass
+            self._libs = libs
         return self._libs
 
     def lower(self):
         with self._lock:
             if self._depth == 0:
                 libs = self._controllers()
-                self._saved = [lib.num_threads for lib in libs]
-                for lib in libs:
-                    lib.set_num_threads(1)
+                self._saved = [get() for get, _ in libs]
+                for _, set_ in libs:
+                    set_(1)
             self._depth += 1
 
     def restore(self):
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
-                for lib, n in zip(self._controllers(), self._saved):
-                    lib.set_num_threads(n)
+                for (_, set_), n in zip(self._controllers(), self._saved):
+                    set_(n)
 
     @contextlib.contextmanager
     def one(self):

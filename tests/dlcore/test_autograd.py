@@ -168,3 +168,35 @@ def test_integer_array_indexing_gradient_sums_repeated_rows(n, shape):
     tw = torch.tensor(w, requires_grad=True)
     tw[torch.from_numpy(idx)].backward(torch.from_numpy(g))
     assert_close(t.grad, tw.grad, rtol=1e-5, atol=1e-5)  # float32 sums in another order
+
+
+def test_small_ops_switch_only_the_thread_pools_they_use(monkeypatch):
+    """A small linear runs BLAS on one thread and leaves Numba's count alone; a small relu the reverse."""
+    import numba
+
+    from dlcore import ops
+    from dlcore.kernels.numba import _blas_threads
+    from dlcore.kernels.numba import activations as nact
+    from dlcore.kernels.numba import matmul as nmm
+
+    seen = {}
+    real_mm, real_relu = nmm.blas_matmul, nact.relu_forward
+
+    def spy_mm(*a, **k):
+        seen["linear"] = (_blas_threads.blas_threads._depth, numba.get_num_threads())
+        return real_mm(*a, **k)
+
+    def spy_relu(*a, **k):
+        seen["relu"] = (_blas_threads.blas_threads._depth, numba.get_num_threads())
+        return real_relu(*a, **k)
+
+    monkeypatch.setattr(nmm, "blas_matmul", spy_mm)
+    monkeypatch.setattr(nact, "relu_forward", spy_relu)
+    before = numba.get_num_threads()
+    r = np.random.default_rng(0)
+    x = Tensor(r.standard_normal((8, 16)).astype(np.float32), requires_grad=True)
+    w = Tensor(r.standard_normal((4, 16)).astype(np.float32), requires_grad=True)
+    ops.relu(ops.linear(x, w)).sum().backward()
+    assert seen["linear"] == (1, before)  # BLAS lowered, Numba untouched
+    assert seen["relu"] == (0, 1)  # Numba on one thread, BLAS untouched
+    assert _blas_threads.blas_threads._depth == 0 and numba.get_num_threads() == before
