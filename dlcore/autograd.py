@@ -666,15 +666,31 @@ def _is_small(call, arrays) -> bool:
     return 0 < biggest < SERIAL_BELOW
 
 
-def _threads(small, op=None):
+def _threads(small, call):
+    """The thread setting an op's kernels run under: one thread for small ops (`_OneThread`); for the
+    Numba backend's BLAS ops, products marked as sitting between Numba kernels (see
+    `dlcore.kernels.numba.matmul.between_numba_kernels`)."""
     global _one_thread
+    op = call.op
+    if op in BLAS_OPS and call.native == "numpy" and call.choice.backend.name == "numba":
+        from dlcore.kernels.numba.matmul import between_numba_kernels
+
+        if not small:
+            return between_numba_kernels()
+        stack = contextlib.ExitStack()
+        stack.enter_context(between_numba_kernels())
+        stack.enter_context(_one(blas=True, numba=BLAS_OPS[op]))
+        return stack
     if not small:
         return contextlib.nullcontext()
+    return _one(blas=False, numba=True)
+
+
+def _one(blas, numba):
+    global _one_thread
     if _one_thread is None:
         _one_thread = _OneThread()
-    if op in BLAS_OPS:
-        return _one_thread(blas=True, numba=BLAS_OPS[op])
-    return _one_thread(blas=False, numba=True)
+    return _one_thread(blas=blas, numba=numba)
 
 
 def apply_op(call, forward, backward, arrays, params):
@@ -685,14 +701,14 @@ def apply_op(call, forward, backward, arrays, params):
     call.grad_needed = record
     natives = [call.to_native(a) for a in arrays]
     small = _is_small(call, natives)
-    with _threads(small, call.op):
+    with _threads(small, call):
         out, saved = forward(call, *natives, **params)
     result = Tensor(call.from_native(out))
     if record:
         small = small and getattr(out, "size", 0) < SERIAL_BELOW  # the gradient has the output's size
 
         def bwd(g):
-            with _threads(small, call.op):
+            with _threads(small, call):
                 grads = backward(call, saved, call.to_native(g), needs, **params)
             return [call.from_native(x) if (x is not None and n) else None for x, n in zip(grads, needs)]
 

@@ -36,8 +36,10 @@ bitwise reproducible across thread counts.
 
 Floor: 2*M*N*K flops (compute-bound); ``gemm`` reads B once per panel for packing.
 """
+import contextlib
 import math
 import sys
+import threading
 
 import numba
 import numpy as np
@@ -187,6 +189,36 @@ def gemm(a, b, out=None):
     return out
 
 
+_between_kernels = threading.local()  # .depth > 0: inside an autograd op (products between Numba kernels)
+
+
+@contextlib.contextmanager
+def between_numba_kernels():
+    """Mark the products made inside as part of a training step, between Numba kernels (autograd uses it).
+
+    There a multi-threaded OpenBLAS call costs more than its own time: its workers spin ~0.1 s before they
+    sleep, and on a 2-core machine they take a core from the Numba kernel that runs next. So big products
+    (2^26+ flops) go to torch's MKL when torch is loaded (its OpenMP workers sleep within ~1 ms), else
+    to row blocks over dlcore's own threads with OpenBLAS at one thread (`_blas_threads`). The
+    transformer-LM step (bench/bench_train_step.py, 5 separate runs each, 2026-11-26): plain OpenBLAS
+    1384-1482 ms, split OpenBLAS 1268-1409, MKL 955-1242. Outside (a lone ``dlcore.ops.matmul``) OpenBLAS
+    stays: it is the faster GEMM by itself.
+    """
+    _between_kernels.depth = getattr(_between_kernels, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _between_kernels.depth -= 1
+
+
+def _in_step() -> bool:
+    return getattr(_between_kernels, "depth", 0) > 0
+
+
+def _product_flops(shape_a, shape_b) -> int:
+    return 2 * math.prod(shape_a[:-1]) * shape_a[-1] * shape_b[-1]
+
+
 def blas_for(shape_a, shape_b):
     """Which BLAS :func:`blas_matmul` uses for ``a @ b`` of these shapes, and why.
 
@@ -194,11 +226,18 @@ def blas_for(shape_a, shape_b):
         shape_a, shape_b: the operand shapes, ``(..., M, K)`` and ``(..., K, N)``.
 
     Returns:
-        ``(name, reason)``: name is ``'openblas'`` (``np.matmul``) or ``'mkl'`` (``torch.matmul``).
+        ``(name, reason)``: name is ``'openblas'`` (``np.matmul``), ``'openblas-split'`` (row blocks over
+        dlcore's threads, `_blas_threads`) or ``'mkl'`` (``torch.matmul``).
     """
     m, k, n = shape_a[-2], shape_a[-1], shape_b[-1]
     if _mkl_wins(m, k, n) and "torch" in sys.modules:
         return "mkl", f"torch's MKL is faster than OpenBLAS for {m}x{k}x{n} (measured, bench/bench_matmul.py)"
+    if _in_step() and _product_flops(shape_a, shape_b) >= _blas_threads.SPLIT_MIN_FLOPS:
+        if "torch" in sys.modules:
+            return "mkl", ("inside an autograd step, between Numba kernels: torch's MKL, whose workers sleep "
+                           "at once instead of spinning on the core the next kernel needs (between_numba_kernels)")
+        return "openblas-split", ("inside an autograd step: row blocks over dlcore's threads, OpenBLAS at one "
+                                  "thread (no spinning workers; torch is not loaded for MKL)")
     return "openblas", ("NumPy's OpenBLAS: faster than torch's MKL on every measured fp32 shape "
                         "(256^3 .. 4096x1024x4096, interleaved, one process) and faster than the own Numba gemm")
 
@@ -219,7 +258,8 @@ def blas_matmul(a, b, out=None):
     Returns:
         The product (``out`` when given).
     """
-    if blas_for(a.shape, b.shape)[0] == "mkl":
+    name = blas_for(a.shape, b.shape)[0]
+    if name == "mkl":
         import torch
 
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
@@ -227,8 +267,8 @@ def blas_matmul(a, b, out=None):
             return torch.matmul(ta, tb).numpy()
         torch.matmul(ta, tb, out=torch.from_numpy(out))
         return out
-    threads = _split_threads(a, b)
-    if threads > 1:  # big: row/batch blocks over dlcore's threads, BLAS held at one thread (_blas_threads)
+    threads = _split_threads(a, b) if name == "openblas-split" else 1
+    if threads > 1:  # row/batch blocks over dlcore's threads, BLAS held at one thread (_blas_threads)
         if out is None:
             out = _blocks.empty(a.shape[:-1] + (b.shape[-1],), a.dtype)
         return _blas_threads.split_matmul(a, b, out, threads)

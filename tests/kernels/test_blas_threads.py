@@ -45,22 +45,34 @@ def test_worker_errors_reach_the_caller():
         bt._pool.run([lambda: None, boom])
 
 
-def test_blas_matmul_splits_only_big_products(monkeypatch):
+def test_blas_choice_inside_and_outside_an_autograd_step(monkeypatch):
+    """A lone product uses plain OpenBLAS; inside an autograd step (between Numba kernels) a big one goes to
+    torch's MKL when torch is loaded, else to the split path; small ones stay plain either way."""
+    import sys
+
+    import numba
+
     calls = []
     real = bt.split_matmul
     monkeypatch.setattr(bt, "split_matmul", lambda *a: calls.append(a[3]) or real(*a))
     monkeypatch.setattr(bt, "SPLIT_MIN_FLOPS", 2 * 40 * 30 * 20)
     a, b = rand((40, 30), np.float32, seed=5), rand((30, 20), np.float32, seed=6)
-    import numba
-
-    saved = numba.get_num_threads()
-    try:
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        y = nmm.blas_matmul(a, b)
-        assert_close(y, torch.from_numpy(a) @ torch.from_numpy(b), rtol=1e-5, atol=1e-6)
-        expect_split = numba.get_num_threads() > 1
-        assert (len(calls) == 1) == expect_split
-        nmm.blas_matmul(a[:10], b)  # under the threshold: one plain call
-        assert len(calls) == (1 if expect_split else 0)
-    finally:
-        numba.set_num_threads(saved)
+    ref = torch.from_numpy(a) @ torch.from_numpy(b)
+    assert nmm.blas_for(a.shape, b.shape)[0] == "openblas"
+    assert_close(nmm.blas_matmul(a, b), ref, rtol=1e-5, atol=1e-6)
+    with nmm.between_numba_kernels():
+        assert nmm.blas_for(a.shape, b.shape)[0] == "mkl"
+        assert_close(nmm.blas_matmul(a, b), ref, rtol=1e-5, atol=1e-6)
+        assert nmm.blas_for(a[:10].shape, b.shape)[0] == "openblas"  # under the threshold
+        monkeypatch.delitem(sys.modules, "torch")  # as if torch were not loaded
+        name, reason = nmm.blas_for(a.shape, b.shape)
+        assert name == "openblas-split" and "one thread" in reason
+        saved = numba.get_num_threads()
+        try:
+            numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+            y = nmm.blas_matmul(a, b)
+        finally:
+            numba.set_num_threads(saved)
+    assert_close(y, ref, rtol=1e-5, atol=1e-6)
+    assert len(calls) == (1 if min(2, numba.config.NUMBA_NUM_THREADS) > 1 else 0)
+    assert nmm.blas_for(a.shape, b.shape)[0] == "openblas"  # the mark is gone after the block
