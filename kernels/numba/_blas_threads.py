@@ -7,7 +7,9 @@ region then waits on its descheduled half. The transformer-LM step (bench/bench_
 1437-1483 ms with the default setup, 1179 ms with OpenBLAS's spin limited (``OPENBLAS_THREAD_TIMEOUT=4``,
 which must be set before NumPy loads and so is no fix), 1137 ms with Numba on one thread.
 
-What: a product of at least `SPLIT_MIN_FLOPS` is cut into row blocks (or batch blocks), one per thread of
+Used by `matmul.blas_matmul` for products inside an autograd step when torch (whose MKL is the better
+choice there, see `matmul.between_numba_kernels`) is not loaded. What: a product of at least
+`SPLIT_MIN_FLOPS` is cut into row blocks (or batch blocks), one per thread of
 dlcore's budget (``numba.get_num_threads()``); each block is one single-threaded BLAS call into its slice
 of the output, one on the calling thread and the others on a small pool of Python threads that sleep on a
 queue when idle (NumPy releases the GIL inside BLAS). The BLAS library's thread count is lowered to 1 for
