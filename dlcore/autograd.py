@@ -670,7 +670,6 @@ def _threads(small, call):
     """The thread setting an op's kernels run under: one thread for small ops (`_OneThread`); for the
     Numba backend's BLAS ops, products marked as sitting between Numba kernels (see
     `dlcore.kernels.numba.matmul.between_numba_kernels`)."""
-    global _one_thread
     op = call.op
     if op in BLAS_OPS and call.native == "numpy" and call.choice.backend.name == "numba":
         from dlcore.kernels.numba.matmul import between_numba_kernels

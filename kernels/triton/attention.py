@@ -451,7 +451,7 @@ def _launcher(kernel, configs, n_scores):
             _TUNED[key] = _autotuned(kernel, configs)
         return _TUNED[key], {}
     m, n, w, st = configs[0]
-    return kernel, dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)
+    return kernel, {"BLOCK_M": m, "BLOCK_N": n, "num_warps": w, "num_stages": st}
 
 
 # the forward's two-phase loop needs query tiles that start on key-tile boundaries; no config puts a

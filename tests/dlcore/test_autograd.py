@@ -173,11 +173,11 @@ def test_integer_array_indexing_gradient_sums_repeated_rows(n, shape):
 def test_small_ops_switch_only_the_thread_pools_they_use(monkeypatch):
     """A small linear runs BLAS on one thread and leaves Numba's count alone; a small relu the reverse."""
     import numba
-
-    from dlcore import ops
     from dlcore.kernels.numba import _blas_threads
     from dlcore.kernels.numba import activations as nact
     from dlcore.kernels.numba import matmul as nmm
+
+    from dlcore import ops
 
     seen = {}
     real_mm, real_relu = nmm.blas_matmul, nact.relu_forward

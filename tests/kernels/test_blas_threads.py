@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import torch
-
 from dlcore.kernels.numba import _blas_threads as bt
 from dlcore.kernels.numba import matmul as nmm
+
 from tests._compare import assert_close, rand
 
 

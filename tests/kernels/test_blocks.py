@@ -4,9 +4,9 @@ import gc
 import numpy as np
 import pytest
 import torch
-
 from dlcore.kernels.numba import _blocks
 from dlcore.kernels.numba import softmax as nsm
+
 from tests._compare import rand
 
 

@@ -319,7 +319,7 @@ def test_cuda_parameters_take_one_multi_tensor_launch(cls, torch_cls):
     sizes = [(7,), (300, 41), (0,), (8193,), (3, 5, 2)]
     mine = [torch.nn.Parameter(torch.randn(s, device="cuda", generator=g)) for s in sizes]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in mine]
-    kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
+    kw = {"lr": 1e-2, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.05}
     opt, opt_ref = cls(mine, **kw), torch_cls(ref, foreach=False, **kw)
     for step in range(5):
         for i, (a, b) in enumerate(zip(mine, ref)):

@@ -119,7 +119,8 @@ def test_adam_multi_step_matches_per_tensor_steps(dtype, decoupled, weight_decay
     ps = [trand((n,), dtype, seed=1 + i) for i, n in enumerate(sizes)]
     lists_multi = [[p.clone() for p in ps], [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps]]
     lists_one = [[p.clone() for p in ps], [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps]]
-    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay, decoupled=decoupled)
+    hyper = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": weight_decay,
+             "decoupled": decoupled}
     for step in range(1, 4):
         grads = [trand((n,), dtype, seed=100 * step + i, scale=0.3) for i, n in enumerate(sizes)]
         tk.adam_multi_step(lists_multi[0], grads, lists_multi[1], lists_multi[2], step=step, **hyper)
