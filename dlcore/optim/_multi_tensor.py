@@ -88,3 +88,24 @@ def adam_small_step(params, grads, exp_avgs, exp_avg_sqs, hyper, flags):
     than the update itself for a small model; the numbers are the same `_adam_update` chain."""
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
         _adam_serial_kernel(p, g, m, v, hyper, flags, 0, 0)
+
+
+class TensorLists:
+    """One group's parameter and moment views (plain lists), their chunk table, and (made on first need)
+    the typed Lists the parallel kernel takes. Cached by the optimizers per group: iterating a typed List
+    from Python costs ~10 us per item, so the small-model path walks the plain lists instead."""
+
+    def __init__(self, params, exp_avgs, exp_avg_sqs):
+        self.params, self.exp_avgs, self.exp_avg_sqs = params, exp_avgs, exp_avg_sqs
+        self.table = ChunkTable([p.shape[0] for p in params])
+        self._typed = None
+
+    def step(self, grads, hyper, flags):
+        """One Adam/AdamW step of every tensor (``grads``: this step's 1-D gradients, a plain list)."""
+        if self.table.total < SERIAL_BELOW:
+            adam_small_step(self.params, grads, self.exp_avgs, self.exp_avg_sqs, hyper, flags)
+            return
+        if self._typed is None:
+            self._typed = tuple(typed_list(x) for x in (self.params, self.exp_avgs, self.exp_avg_sqs))
+        p, m, v = self._typed
+        adam_multi_step(p, typed_list(grads), m, v, self.table, hyper, flags)

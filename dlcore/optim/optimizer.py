@@ -170,20 +170,13 @@ class Adam(Optimizer):
         if cached is None:
             if len(self._fused_cache) > 64:  # parameters were re-bound; drop stale lists
                 self._fused_cache.clear()
-            cached = (mt.typed_list([p.data.reshape(-1) for p in ps]),
-                      mt.typed_list([s["exp_avg"].reshape(-1) for s in states]),
-                      mt.typed_list([s["exp_avg_sq"].reshape(-1) for s in states]),
-                      mt.ChunkTable([p.data.size for p in ps]))
+            cached = mt.TensorLists([p.data.reshape(-1) for p in ps], [s["exp_avg"].reshape(-1) for s in states],
+                                    [s["exp_avg_sq"].reshape(-1) for s in states])
             self._fused_cache[key] = cached
-        params, exp_avgs, exp_avg_sqs, table = cached
         beta1, beta2 = group["betas"]
         hyper, flags = mt.adam_hyper(ps[0].data.dtype, step, float(group["lr"]), float(beta1), float(beta2),
                                      float(group["eps"]), float(group["weight_decay"]), self._decoupled)
-        if table.total < mt.SERIAL_BELOW:  # small model: no typed List of this step's gradients
-            mt.adam_small_step(params, [p.grad.reshape(-1) for p in ps], exp_avgs, exp_avg_sqs, hyper, flags)
-        else:
-            grads = mt.typed_list([p.grad.reshape(-1) for p in ps])
-            mt.adam_multi_step(params, grads, exp_avgs, exp_avg_sqs, table, hyper, flags)
+        cached.step([p.grad.reshape(-1) for p in ps], hyper, flags)
         for s in states:
             s["step"] = step
 

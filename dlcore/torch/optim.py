@@ -253,20 +253,14 @@ class _FusedAdam:
             if cached is None:
                 if len(cache) > 64:
                     cache.clear()
-                cached = (mt.typed_list([p.detach().numpy().reshape(-1) for p in ps]),
-                          mt.typed_list([s["exp_avg"].numpy().reshape(-1) for s in states]),
-                          mt.typed_list([s["exp_avg_sq"].numpy().reshape(-1) for s in states]),
-                          mt.ChunkTable([p.numel() for p in ps]))
+                cached = mt.TensorLists([p.detach().numpy().reshape(-1) for p in ps],
+                                        [s["exp_avg"].numpy().reshape(-1) for s in states],
+                                        [s["exp_avg_sq"].numpy().reshape(-1) for s in states])
                 cache[key] = cached
-            pl, ml, vl, table = cached
-            grads = [p.grad.detach().numpy().reshape(-1) for p in ps]
-            hyper, flags = mt.adam_hyper(pl[0].dtype, step, float(group["lr"]), float(beta1), float(beta2),
+            hyper, flags = mt.adam_hyper(cached.params[0].dtype, step, float(group["lr"]), float(beta1), float(beta2),
                                          float(group["eps"]), float(group["weight_decay"]),
                                          self._decoupled_for(group))
-            if table.total < mt.SERIAL_BELOW:  # small model: no typed List of this step's gradients
-                mt.adam_small_step(pl, grads, ml, vl, hyper, flags)
-            else:
-                mt.adam_multi_step(pl, mt.typed_list(grads), ml, vl, table, hyper, flags)
+            cached.step([p.grad.detach().numpy().reshape(-1) for p in ps], hyper, flags)
 
 
 def _overlap(a, b) -> bool:
