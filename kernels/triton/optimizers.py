@@ -74,6 +74,22 @@ def _adam_update(p, g, m, v, one_minus_beta1, beta2, one_minus_beta2, step_size,
 
 
 @triton.jit
+def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, offs, mask, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                bc2_sqrt, eps, weight_decay, decay, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
+                ACC: tl.constexpr):
+    """Load one block of the four arrays, apply `_adam_update` in ACC, store param and moments back."""
+    p = tl.load(p_ptr + offs, mask=mask).to(ACC)
+    g = tl.load(g_ptr + offs, mask=mask).to(ACC)
+    m = tl.load(m_ptr + offs, mask=mask).to(ACC)
+    v = tl.load(v_ptr + offs, mask=mask).to(ACC)
+    p, m, v = _adam_update(p, g, m, v, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps,
+                           weight_decay, decay, HAS_WD, DECOUPLED)
+    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _adam_kernel(
     p_ptr,  # *T (n,) parameter, in place
     g_ptr,  # *T (n,) gradient
@@ -94,16 +110,8 @@ def _adam_kernel(
     BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    p = tl.load(p_ptr + offs, mask=mask).to(ACC)
-    g = tl.load(g_ptr + offs, mask=mask).to(ACC)
-    m = tl.load(m_ptr + offs, mask=mask).to(ACC)
-    v = tl.load(v_ptr + offs, mask=mask).to(ACC)
-    p, m, v = _adam_update(p, g, m, v, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps,
-                           weight_decay, decay, HAS_WD, DECOUPLED)
-    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
-    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+    _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, offs, offs < n, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                bc2_sqrt, eps, weight_decay, decay, HAS_WD, DECOUPLED, ACC)
 
 
 @triton.jit
@@ -131,16 +139,8 @@ def _adam_multi_kernel(
     v_ptr = tl.load(addr_ptr + 3 * T + t).to(tl.pointer_type(DT))
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
-        mask = offs < n
-        p = tl.load(p_ptr + offs, mask=mask).to(ACC)
-        g = tl.load(g_ptr + offs, mask=mask).to(ACC)
-        m = tl.load(m_ptr + offs, mask=mask).to(ACC)
-        v = tl.load(v_ptr + offs, mask=mask).to(ACC)
-        p, m, v = _adam_update(p, g, m, v, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps,
-                               weight_decay, decay, HAS_WD, DECOUPLED)
-        tl.store(m_ptr + offs, m.to(DT), mask=mask)
-        tl.store(v_ptr + offs, v.to(DT), mask=mask)
-        tl.store(p_ptr + offs, p.to(DT), mask=mask)
+        _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, offs, offs < n, one_minus_beta1, beta2, one_minus_beta2,
+                    step_size, bc2_sqrt, eps, weight_decay, decay, HAS_WD, DECOUPLED, ACC)
 
 
 def _require_contiguous(**tensors):
