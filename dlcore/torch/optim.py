@@ -110,7 +110,7 @@ class _DlcoreStep:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._step_serial = getattr(self, "_step_serial", 0) + 1
+        self._backend_memo = {}  # backend resolutions of this step (see _FusedAdam._fusable)
         torch_groups = []
         gpu_ok = None
         with torch.no_grad():
@@ -208,13 +208,12 @@ class _FusedAdam:
                 if t is None or t.dtype != p.dtype or t.shape != p.shape or not t.is_contiguous() or _overlap(t, p) \
                         or _overlap(t, grad):
                     return False
-        # which backend runs adam_/adamw_ cannot change during one step(): resolve it once per step
+        # which backend runs adam_/adamw_ cannot change during one step(): resolved once per step (the
+        # memo is emptied when step() starts)
         memo = self.__dict__.setdefault("_backend_memo", {})
-        key = (p.device.type, self._decoupled_for(group), self._step_serial)
+        key = (p.device.type, self._decoupled_for(group))
         ok = memo.get(key)
         if ok is None:
-            if len(memo) > 8:
-                memo.clear()
             check = _triton_steps_torch_cuda if p.device.type == "cuda" else _numba_steps_torch_cpu
             ok = memo[key] = check(self._decoupled_for(group))
         return ok
