@@ -263,7 +263,8 @@ _TRITON_DT = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float1
               torch.bfloat16: tl.bfloat16}
 
 
-def adam_multi_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+def adam_multi_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, decoupled,
+                    validate=True):
     """One Adam/AdamW update of a whole list of parameters in a single launch (torch's ``fused=True``).
 
     Args:
@@ -271,6 +272,9 @@ def adam_multi_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2
             one float dtype; the i-th of each has the same number of elements. params and the two moment
             lists are updated in place; they must not overlap each other or the gradients.
         step, lr, beta1, beta2, eps, weight_decay, decoupled: as in `adam_step` (one step count for all).
+        validate: check every tensor's dtype, device, size and contiguity first (~10 us per parameter in
+            Python). ``False`` only for a caller that has checked them itself (`dlcore.torch.AdamW` does, per
+            parameter, while sorting them into launches); a wrong tensor then gives wrong memory accesses.
 
     Returns:
         None. Every element gets exactly `adam_step`'s arithmetic (bit-identical to one call per tensor).
@@ -280,17 +284,19 @@ def adam_multi_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2
     lists = (params, grads, exp_avgs, exp_avg_sqs)
     if len({len(x) for x in lists}) != 1:
         raise ValueError("adam_multi_step: params, grads, exp_avgs and exp_avg_sqs differ in length")
-    keep = [i for i, p in enumerate(params) if p.numel()]
+    numels = [p.numel() for p in params]
+    keep = [i for i, n in enumerate(numels) if n]
     if not keep:
         return
     dtype, device = params[keep[0]].dtype, params[keep[0]].device
-    for x in lists:
-        for i in keep:
-            t = x[i]
-            if t.dtype != dtype or t.device != device or t.numel() != params[i].numel() or not t.is_contiguous():
-                raise ValueError("adam_multi_step: every tensor must be contiguous, of one dtype and device, "
-                                 "and sized like its parameter")
-    sizes = tuple(params[i].numel() for i in keep)
+    if validate:
+        for x in lists:
+            for i in keep:
+                t = x[i]
+                if t.dtype != dtype or t.device != device or t.numel() != numels[i] or not t.is_contiguous():
+                    raise ValueError("adam_multi_step: every tensor must be contiguous, of one dtype and device, "
+                                     "and sized like its parameter")
+    sizes = tuple(numels[i] for i in keep)
     size_t, work_tensor, work_start = _work_table(sizes, device)
     addrs = _address_table(tuple(x[i].data_ptr() for x in lists for i in keep), device)
     _adam_multi_kernel[(work_tensor.numel(),)](

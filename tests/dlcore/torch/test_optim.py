@@ -334,3 +334,18 @@ def test_cuda_parameters_take_one_multi_tensor_launch(cls, torch_cls):
         assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
         assert_close(opt.state[a]["exp_avg_sq"], opt_ref.state[b]["exp_avg_sq"], rtol=1e-5, atol=1e-9)
     assert opt.dlcore_stats["torch"] == 0
+
+
+@pytest.mark.parametrize("alias", ["param", "exp_avg", "exp_avg_sq"])
+def test_gradient_sharing_memory_is_refused_not_fused(alias):
+    """A gradient aliasing its parameter or a moment must not reach the multi-tensor launch (which would
+    read values it is overwriting): the per-parameter op refuses it with an error that names the pair."""
+    ps = [torch.nn.Parameter(torch.randn(n)) for n in (10, 33)]
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt = AdamW(ps, lr=1e-3)
+    opt.step()
+    p = ps[1]
+    p.grad = p.detach() if alias == "param" else opt.state[p][alias]
+    with pytest.raises(ValueError, match="share memory"):
+        opt.step()
