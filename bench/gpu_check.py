@@ -1105,7 +1105,7 @@ def header_lines(ctx, tests: TestResult | None, elapsed_s: float) -> list:
         f"- timing: {ctx.timer_name}; fresh random inputs per row; outputs checked against an fp32 reference first",
     ]
     if tests is not None:
-        lines.append(f"- tests (`pytest -q -m gpu {' '.join(TEST_PATHS)}`): {tests.summary}")
+        lines.append(f"- tests (`pytest -q -m \"not slow\" {' '.join(TEST_PATHS)}`): {tests.summary}")
         for f in tests.failures[:10]:
             lines.append(f"  - {_short(f, 160)}")
         if len(tests.failures) > 10:
