@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 import importlib.util
 import os
@@ -219,6 +220,7 @@ def implements(backend_name: str, op_name: str) -> bool:
     return mod is not None and all(callable(getattr(mod, n, None)) for n in names)
 
 
+@functools.cache
 def _env_var(op_name: str) -> str:
     return "DLCORE_BACKEND_" + op_name.strip("_").upper()
 
@@ -241,10 +243,30 @@ def requested(op_name: str, explicit: str | None) -> tuple:
     return "auto", "the default"
 
 
+# Resolutions that ended without a note (the usual case), so the next call with the same request skips the
+# availability probes and the reason's formatting (~10 us of every op call). The key holds everything the
+# answer depends on that can change while a process runs: the request and where it came from, the array kind,
+# TRITON_INTERPRET, and the probes `Backend.missing` and `implements` themselves (tests replace them to
+# pretend a backend or a kernel is or is not there).
+_resolved: dict = {}
+
+
 def resolve(op_name: str, kind: str, explicit: str | None = None) -> Choice:
     """Pick the backend for ``op_name`` on arrays of ``kind``; raise BackendError if none can run it."""
-    op = OPS[op_name]
     name, source = requested(op_name, explicit)
+    key = (op_name, kind, name, source, os.environ.get("TRITON_INTERPRET"), Backend.missing, implements)
+    choice = _resolved.get(key)
+    if choice is None:
+        choice = _resolve(op_name, kind, name, source)
+        if not choice.notes:
+            if len(_resolved) > 1024:
+                _resolved.clear()
+            _resolved[key] = choice
+    return choice
+
+
+def _resolve(op_name: str, kind: str, name: str, source: str) -> Choice:
+    op = OPS[op_name]
     notes = []
     if name != "auto":
         b = BACKENDS[name]
