@@ -5,8 +5,12 @@ into a padded block, then walks the keys in tiles of ``BLOCK_N``: score tile ``S
 register-blocked GEMM, then the mask (bool select, float add, or causal), an online softmax (running max
 ``m`` and sum ``l`` per row; the accumulator is rescaled by ``exp(m_old - m_new)``), and ``acc += P v``. At
 the end ``out = acc / l``, ``lse = m + log l``. Under ``is_causal`` the key tiles past a block's last row are
-never visited and only the tiles crossing the diagonal are masked; the blocks are handed out largest first
-(the last block of every batch entry, then the one before, ...), so the dynamic schedule ends evenly.
+never visited, and in a tile crossing the diagonal the work past it is skipped, not masked: score micro-tiles
+whose keys all lie past their rows are not computed, each row's max and exps stop at its last visible key
+(the rest of the row is set to probability 0), and ``P v`` stops at the micro-tile's last visible key
+(B1 H8 L2048 E64 float32, 2 threads, interleaved in one process, 2026-11-26: 44.3 -> 40.8 ms, ~8% of the
+causal work sat above the diagonal in these 96 x 128 tiles). The blocks are handed out largest first (the
+last block of every batch entry, then the one before, ...), so the dynamic schedule ends evenly.
 
 Backward: one task per (batch entry, group of key blocks). For each of its key blocks the task walks the
 query tiles (under ``is_causal`` only those at or below the diagonal), recomputes ``P^T = exp(S^T - lse)``
@@ -458,17 +462,24 @@ def _fwd_worker(counter, ntasks, q, scale, kt, vpk, v, vbad, bmask, fmask, msb, 
         for j0 in range(0, kend, BN):
             nc = min(BN, kend - j0)
             ncp = (nc + NR - 1) // NR * NR
+            diag = causal and j0 + nc - 1 > i0  # a causal tile crossing the diagonal
             for jj in range(0, ncp, NR):  # s = (q * scale) @ k^T; one k panel (Ep x NR) stays in L1
                 for ii in range(0, nrp, _MR):
+                    if diag and j0 + jj > i0 + ii + _MR - 1:
+                        continue  # every key of the panel is past every row of the micro-tile: all masked
                     _mm_set(s, ii * BN + jj, BN, qblk, ii * Ep, Ep,
                             kt, (b * (Sp // NR) + (j0 + jj) // NR) * Ep * NR, NR, Ep)
-            need_mask = mode != 0 or (causal and j0 + nc - 1 > i0)  # causal: only tiles crossing the diagonal
             for i in range(nr):
                 gi = i0 + i
-                if need_mask:
+                vis = nc  # keys of this tile the row sees
+                if diag:  # keys past gi: probability exactly 0, no exp (and their scores were not computed)
+                    vis = min(max(gi - j0 + 1, 0), nc)
+                    for j in range(vis, nc):
+                        s[i, j] = zero
+                elif mode != 0:
                     _apply_mask_row(s, i, nc, gi, j0, b, causal, mode, bmask, fmask, msb, msl, mss)
                 mx = ninf
-                for j in range(nc):  # NaN is skipped here and poisons the row through exp below
+                for j in range(vis):  # NaN is skipped here and poisons the row through exp below
                     mx = _fmax(mx, s[i, j])
                 m_old = m[i]
                 m_new = m_old
@@ -477,7 +488,7 @@ def _fwd_worker(counter, ntasks, q, scale, kt, vpk, v, vbad, bmask, fmask, msb, 
                 m_use = zero if m_new == ninf else m_new  # nothing seen yet: exp(-inf - 0) = 0, not NaN
                 alpha = _fexp(m_old - m_use)  # rescale what was accumulated under the old max
                 row_sum = zero
-                for j in range(nc):
+                for j in range(vis):
                     p = _fexp(s[i, j] - m_use)
                     s[i, j] = p
                     row_sum += p
@@ -499,8 +510,12 @@ def _fwd_worker(counter, ntasks, q, scale, kt, vpk, v, vbad, bmask, fmask, msb, 
             else:
                 for ee in range(0, Evp, NR):  # acc += P @ v; one v panel (nc x NR) stays in L1
                     for ii in range(0, nrp, _MR):
-                        _mm_acc(acc, ii * Evp + ee, Evp, s, ii * BN, BN,
-                                vpk, ((b * nvp + ee // NR) * Sp + j0) * NR, NR, nc)
+                        kc = nc  # causal diagonal tile: the micro-tile's rows see keys j0 .. i0 + ii + _MR - 1
+                        if diag:
+                            kc = min(nc, i0 + ii + _MR - j0)
+                        if kc > 0:
+                            _mm_acc(acc, ii * Evp + ee, Evp, s, ii * BN, BN,
+                                    vpk, ((b * nvp + ee // NR) * Sp + j0) * NR, NR, kc)
         for i in range(nr):
             gi = i0 + i
             if l[i] == zero:  # the row saw no key
