@@ -283,6 +283,8 @@ class Tensor:
             g = grads.pop(id(t), None)
             if g is None:
                 continue
+            if isinstance(g, _SliceGrads):
+                g = g.materialize()
             if t._node is None:
                 if t.requires_grad:
                     t.grad = g if t.grad is None else t.grad + g
@@ -291,7 +293,7 @@ class Tensor:
                 if parent is None or pg is None or not parent.requires_grad:
                     continue
                 key = id(parent)
-                grads[key] = pg if key not in grads else grads[key] + pg
+                grads[key] = pg if key not in grads else _accumulate(grads[key], pg)
 
     # -- operators ----------------------------------------------------------------------------------
     def __add__(self, o):
@@ -492,10 +494,66 @@ def _unbroadcast(fn):
 def _getitem_bwd(m, g, out, a, index):
     if isinstance(index, (int, slice)) or (isinstance(index, tuple) and all(isinstance(i, (int, slice)) or i is None
                                                                             or i is Ellipsis for i in index)):
-        z = m.zeros_like(a)
-        z[index] = g
-        return (z,)
+        return (_SliceGrads(m, a, index, g),)  # a view's gradient: placed into a full array when needed
     return (m.index_add(tuple(a.shape), a, index, g),)
+
+
+class _SliceGrads:
+    """The gradients of basic-index views of one array (``qkv[:, :, 0]``, ``x[2:5]``), kept apart until the
+    engine needs the array's whole gradient, then written into one buffer.
+
+    Splitting an array into parts (q, k, v out of one projection; chunks) would otherwise cost, per part,
+    a zero-filled full-size gradient plus a full-size add to merge it with the others. When the parts are
+    integer indices along one axis that together cover it once, the buffer is not even zero-filled.
+    """
+
+    __slots__ = ("m", "like", "pieces")
+
+    def __init__(self, m, like, index, g):
+        self.m, self.like, self.pieces = m, like, [(index, g)]
+
+    def materialize(self):
+        if self._tiles():
+            z = self.m.empty_like(self.like)
+            for index, g in self.pieces:
+                z[index] = g
+            return z
+        z = self.m.zeros_like(self.like)
+        for index, g in self.pieces:
+            z[index] += g  # += : overlapping views (x[0:5], x[3:8]) add up
+        return z
+
+    def _tiles(self) -> bool:
+        """Every piece is ``(:, ..., :, i)`` with one integer i on one shared axis, each i exactly once."""
+        axis, seen = None, set()
+        for index, _ in self.pieces:
+            parts = index if isinstance(index, tuple) else (index,)
+            ints = [p for p, x in enumerate(parts) if isinstance(x, (int, np.integer)) and not isinstance(x, bool)]
+            if len(ints) != 1 or any(not (isinstance(x, slice) and x == slice(None)) for p, x in enumerate(parts)
+                                     if p != ints[0]):
+                return False
+            if axis is None:
+                axis = ints[0]
+            if ints[0] != axis:
+                return False
+            seen.add(int(parts[axis]) % self.like.shape[axis])
+        return axis is not None and len(seen) == len(self.pieces) == self.like.shape[axis]
+
+
+def _accumulate(old, new):
+    """The sum of two gradients meeting at one tensor (either may be a `_SliceGrads`)."""
+    if isinstance(old, _SliceGrads) and isinstance(new, _SliceGrads) and old.like is new.like:
+        old.pieces.extend(new.pieces)
+        return old
+    if isinstance(old, _SliceGrads):
+        old, new = new, old
+    if isinstance(new, _SliceGrads):
+        if isinstance(old, _SliceGrads):
+            old = old.materialize()
+        z = new.materialize()  # a fresh array of our own: the other gradient is added into it in place
+        z += old
+        return z
+    return old + new
 
 
 def _reduce_bwd(m, g, a, axis, keepdims):

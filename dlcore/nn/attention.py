@@ -93,9 +93,10 @@ class MultiheadAttention(Module):
         S = key.shape[1]
         H, D = self.num_heads, self.head_dim
         if query is key and key is value:  # self-attention: one projection GEMM for q, k and v
+            # split before the head permute: the three slice gradients then land in one contiguous
+            # (B, L, 3, H, D) buffer, the layout the projection's backward reads (autograd._SliceGrads)
             qkv = ops.linear(query, self.in_proj_weight, self.in_proj_bias).reshape(B, L, 3, H, D)
-            qkv = qkv.permute(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            q, k, v = (qkv[:, :, i].permute(0, 2, 1, 3) for i in range(3))
         else:
             q = self._project(query, 0).reshape(B, L, H, D).permute(0, 2, 1, 3)
             k = self._project(key, 1).reshape(B, S, H, D).permute(0, 2, 1, 3)

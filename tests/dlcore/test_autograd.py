@@ -36,6 +36,13 @@ CASES = {
     "softmax": (lambda a: a.softmax(-1) * a, [(3, 7)]),
     "log_softmax": (lambda a: a.log_softmax(0), [(4, 3)]),
     "relu": (lambda a: a.relu() + a, [(9,)]),
+    # views of one array whose gradients meet (autograd._SliceGrads): parts covering an axis once (no zero
+    # fill), overlapping slices, an index used twice, and slices mixed with a dense use of the same array
+    "split_axis_covering": (lambda a: a[:, 0] * 3.0 + a[:, 1] * a[:, 2] - a[:, -1] ** 2, [(2, 4, 3)]),
+    "split_axis0_ints": (lambda a: a[0] * a[1] + a[2], [(3, 5)]),
+    "slices_overlap_repeat": (lambda a: a[0:3] * 2.0 + a[2:5] * a[1:4] + a[1] + a[1], [(6, 2)]),
+    "slices_and_dense": (lambda a: (a[:, 1:] * 2.0).sum(dim=1) + a.sum(dim=1) + a[:, 0], [(3, 4)]),
+    "slice_partial_cover": (lambda a: a[:, 0] + a[:, 2], [(2, 3)]),
 }
 
 
@@ -200,3 +207,22 @@ def test_small_ops_switch_only_the_thread_pools_they_use(monkeypatch):
     assert seen["linear"] == (1, before)  # BLAS lowered, Numba untouched
     assert seen["relu"] == (0, 1)  # Numba on one thread, BLAS untouched
     assert _blas_threads.blas_threads._depth == 0 and numba.get_num_threads() == before
+
+
+@pytest.mark.parametrize("cover", [True, False])
+def test_split_views_gradient_over_torch_data(cover):
+    """The views' gradients are placed into one buffer on torch arrays too (empty_like when they cover the
+    axis, zeros_like otherwise), with torch autograd's numbers."""
+    t = torch.randn(2, 3, 4, dtype=torch.float64)
+    a = Tensor(t, requires_grad=True)
+    ref = t.clone().requires_grad_(True)
+    parts = range(3) if cover else (0, 2)
+
+    def fn(x):
+        return sum((x[:, i] * (i + 1.0)) ** 2 for i in parts)
+
+    g = torch.randn(2, 4, dtype=torch.float64)
+    fn(a).backward(g)
+    fn(ref).backward(g)
+    assert isinstance(a.grad, torch.Tensor)
+    assert_close(a.grad, ref.grad)
