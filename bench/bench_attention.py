@@ -53,26 +53,33 @@ def bench_attention_forward(run_case, benchmark, backend, causal):
         (lambda: dlcore.ops.scaled_dot_product_attention(q, k, v, is_causal=causal, backend=backend))
     flops = 4 * B * H * L * L * D // (2 if causal else 1)
     run_case(fn, expected=ref, op=f"sdpa fwd{' causal' if causal else ''}", shape=(B, H, L, D), dtype=np.float32,
-             backend=backend, flops=flops, rounds=2 if backend == "numpy" else 5, tol=1e-3)
+             backend=backend, flops=flops, rounds=2 if backend == "numpy" else 5, tol=1e-3,
+             paired={"torch": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)}
+             if backend == "numba" else None)
     record_peak_memory(benchmark, fn, backend, 4)  # out + packed k and v: ~2.9 q-sized arrays
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def bench_attention_forward_backward(run_case, benchmark, backend, causal):
-    leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
     g = torch.ones(B, H, L, D)
-    sdpa = F.scaled_dot_product_attention if backend == "torch" else \
-        (lambda *a, **kw: dlcore.ops.scaled_dot_product_attention(*a, backend=backend, **kw))
 
-    def step():
-        for t in leaves:
-            t.grad = None
-        out = sdpa(*leaves, is_causal=causal)
-        out.backward(g)
-        return tuple(t.grad for t in leaves)
+    def make_step(sdpa):
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
 
+        def step():
+            for t in leaves:
+                t.grad = None
+            out = sdpa(*leaves, is_causal=causal)
+            out.backward(g)
+            return tuple(t.grad for t in leaves)
+
+        return step
+
+    step = make_step(F.scaled_dot_product_attention if backend == "torch" else
+                     (lambda *a, **kw: dlcore.ops.scaled_dot_product_attention(*a, backend=backend, **kw)))
     flops = int(3.5 * 4 * B * H * L * L * D) // (2 if causal else 1)
     run_case(step, op=f"sdpa fwd+bwd{' causal' if causal else ''}", shape=(B, H, L, D), dtype=np.float32,
-             backend=backend, flops=flops, rounds=2 if backend == "numpy" else 3)
+             backend=backend, flops=flops, rounds=2 if backend == "numpy" else 3,
+             paired={"torch": make_step(F.scaled_dot_product_attention)} if backend == "numba" else None)
     record_peak_memory(benchmark, step, backend, 16)  # packed operands, grads, 2 partial dQs: ~13.5 q-sized

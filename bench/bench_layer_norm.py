@@ -37,7 +37,8 @@ def bench_layer_norm(run_case, backend):
     ours = lambda x_: dlcore.ops.layer_norm(x_, (1024,), w, b, backend=backend)  # noqa: E731
     ref = _step(torch_fn, x)()
     run_case(_step(torch_fn if backend == "torch" else ours, x), expected=ref, op="layer_norm fwd+bwd", shape=shape,
-             dtype=np.float32, backend=backend, bytes_moved=16 * x.numel(), rounds=5, tol=2e-3)
+             dtype=np.float32, backend=backend, bytes_moved=16 * x.numel(), rounds=5, tol=2e-3,
+             paired={"torch": _step(torch_fn, x)} if backend == "numba" else None)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -49,4 +50,5 @@ def bench_gelu(run_case, backend, approximate):
     ours = lambda x_: dlcore.ops.gelu(x_, approximate=approximate, backend=backend)  # noqa: E731
     ref = _step(torch_fn, x)()
     run_case(_step(torch_fn if backend == "torch" else ours, x), expected=ref, op=f"gelu({approximate}) fwd+bwd",
-             shape=(n,), dtype=np.float32, backend=backend, bytes_moved=16 * n, rounds=5, tol=1e-4)
+             shape=(n,), dtype=np.float32, backend=backend, bytes_moved=16 * n, rounds=5, tol=1e-4,
+             paired={"torch": _step(torch_fn, x)} if backend == "numba" else None)

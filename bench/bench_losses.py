@@ -46,7 +46,8 @@ def bench_cross_entropy(run_case, backend, shape):
     rounds = 2 if backend == "numpy" else 3 if big else 5
     try:
         run_case(fn, expected=ref, op="cross_entropy fwd+bwd", shape=shape, dtype=np.float32, backend=backend,
-                 bytes_moved=8 * n * c, rounds=rounds, tol=1e-4)
+                 bytes_moved=8 * n * c, rounds=rounds, tol=1e-4,
+                 paired={"torch": _fwd_bwd(F.cross_entropy, x, t)} if backend == "numba" else None)
     finally:
         del ref, fn, x  # free the gigabytes before the next case, including numba's idle gradient block
         gc.collect()
@@ -65,7 +66,8 @@ def bench_bce_with_logits(run_case, backend):
     fn = _fwd_bwd(F.binary_cross_entropy_with_logits, x, y) if backend == "torch" else \
         _fwd_bwd(dlcore.ops.binary_cross_entropy_with_logits, x, y, backend=backend)
     run_case(fn, expected=ref, op="bce_with_logits fwd+bwd", shape=shape, dtype=np.float32, backend=backend,
-             bytes_moved=12 * x.numel(), rounds=5, tol=1e-4)
+             bytes_moved=12 * x.numel(), rounds=5, tol=1e-4,
+             paired={"torch": _fwd_bwd(F.binary_cross_entropy_with_logits, x, y)} if backend == "numba" else None)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -77,4 +79,5 @@ def bench_mse(run_case, backend):
     ref = _fwd_bwd(F.mse_loss, x, y)()
     fn = _fwd_bwd(F.mse_loss, x, y) if backend == "torch" else _fwd_bwd(dlcore.ops.mse_loss, x, y, backend=backend)
     run_case(fn, expected=ref, op="mse_loss fwd+bwd", shape=(n,), dtype=np.float32, backend=backend,
-             bytes_moved=12 * n, rounds=5, tol=1e-4)
+             bytes_moved=12 * n, rounds=5, tol=1e-4,
+             paired={"torch": _fwd_bwd(F.mse_loss, x, y)} if backend == "numba" else None)

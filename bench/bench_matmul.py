@@ -41,10 +41,11 @@ def bench_matmul(run_case, backend, mkn):
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    fn = {"torch": lambda: ta @ tb, "numba-gemm": lambda: numba_matmul.gemm(a, b)}.get(
-        backend, lambda: dlcore.ops.matmul(a, b, backend=backend))
-    run_case(fn, expected=ta @ tb, op="matmul", shape=mkn, dtype=np.float32, backend=backend,
-             flops=2 * m * k * n, rounds=_rounds(m, k, n), tol=1e-2)
+    fns = {"torch": lambda: ta @ tb, "numba-gemm": lambda: numba_matmul.gemm(a, b),
+           **{name: (lambda name=name: dlcore.ops.matmul(a, b, backend=name)) for name in ("numpy", "numba")}}
+    run_case(fns[backend], expected=ta @ tb, op="matmul", shape=mkn, dtype=np.float32, backend=backend,
+             flops=2 * m * k * n, rounds=_rounds(m, k, n), tol=1e-2,
+             paired={r: fns[r] for r in ("numpy", "torch")} if backend.startswith("numba") else None)
 
 
 def _linear_inputs(m, k, n):
@@ -60,10 +61,11 @@ def _linear_inputs(m, k, n):
 def bench_linear(run_case, backend, mkn):
     m, k, n = mkn
     x, w, bias = _linear_inputs(m, k, n)
-    fn = (lambda: F.linear(x, w, bias)) if backend == "torch" else \
-        (lambda: dlcore.ops.linear(x, w, bias, backend=backend))
-    run_case(fn, expected=F.linear(x, w, bias), op="linear", shape=mkn, dtype=np.float32,
-             backend=backend, flops=2 * m * k * n, rounds=_rounds(m, k, n), tol=1e-2)
+    fns = {"torch": lambda: F.linear(x, w, bias),
+           **{name: (lambda name=name: dlcore.ops.linear(x, w, bias, backend=name)) for name in ("numpy", "numba")}}
+    run_case(fns[backend], expected=F.linear(x, w, bias), op="linear", shape=mkn, dtype=np.float32,
+             backend=backend, flops=2 * m * k * n, rounds=_rounds(m, k, n), tol=1e-2,
+             paired={r: fns[r] for r in ("numpy", "torch")} if backend == "numba" else None)
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])  # the NumPy reference's erf is a scalar loop: minutes
@@ -71,10 +73,11 @@ def bench_linear_gelu(run_case, backend):
     """Forward only: dlcore.ops.linear_act(x, W, b, 'gelu') against F.gelu(F.linear(x, W, b))."""
     m, k, n = LLM
     x, w, bias = _linear_inputs(m, k, n)
-    fn = (lambda: F.gelu(F.linear(x, w, bias))) if backend == "torch" else \
-        (lambda: dlcore.ops.linear_act(x, w, bias, "gelu", backend=backend))
+    torch_fn = lambda: F.gelu(F.linear(x, w, bias))
+    fn = torch_fn if backend == "torch" else (lambda: dlcore.ops.linear_act(x, w, bias, "gelu", backend=backend))
     run_case(fn, expected=F.gelu(F.linear(x, w, bias)), op="linear_act gelu", shape=LLM, dtype=np.float32,
-             backend=backend, flops=2 * m * k * n, rounds=5, tol=1e-2)
+             backend=backend, flops=2 * m * k * n, rounds=5, tol=1e-2,
+             paired={"torch": torch_fn} if backend == "numba" else None)
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])

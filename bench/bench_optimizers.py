@@ -56,11 +56,7 @@ def bench_optimizer_step(run_case, kind, impl):
         fn = (lambda: _stream_sgd(p, G, m)) if kind == "sgd" else (lambda: _stream_adam(p, G, m, v))
         expected = None
     elif impl.startswith("torch"):
-        p = torch.from_numpy(P0.copy()).requires_grad_(True)
-        p.grad = torch.from_numpy(G.copy())
-        opt = _torch_opt(kind, impl, p)
-        opt.step()  # first step creates the state
-        fn = opt.step
+        fn = _torch_step_fn(kind, impl)
         expected = None
     else:
         p, m, v = P0.copy(), np.zeros(N, np.float32), np.zeros(N, np.float32)
@@ -77,5 +73,15 @@ def bench_optimizer_step(run_case, kind, impl):
                 step(p, G, m, v, step=state["step"], lr=1e-3, weight_decay=1e-2, backend=impl)
                 state["step"] += 1
         expected = None  # numbers are checked step-by-step against torch.optim in the test suite
+    paired = {ref: _torch_step_fn(kind, ref) for ref in ("torch-fused", "torch-foreach")} if impl == "numba" else None
     run_case(fn, expected=expected, op=f"{kind} step", shape=(N,), dtype=np.float32, backend=impl,
-             bytes_moved=floor, rounds=3 if impl == "numpy" else 10)
+             bytes_moved=floor, rounds=3 if impl == "numpy" else 10, paired=paired)
+
+
+def _torch_step_fn(kind, impl):
+    """torch's step over its own copy of the parameters (state created by a first step)."""
+    p = torch.from_numpy(P0.copy()).requires_grad_(True)
+    p.grad = torch.from_numpy(G.copy())
+    opt = _torch_opt(kind, impl, p)
+    opt.step()
+    return opt.step

@@ -20,10 +20,11 @@ xt, gt = torch.from_numpy(x), torch.from_numpy(g)
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def bench_forward(run_case, name, backend):
     ref = getattr(F, name)(xt, dim=-1)
-    fn = (lambda: getattr(F, name)(xt, dim=-1)) if backend == "torch" else \
-        (lambda: getattr(dlcore.ops, name)(x, backend=backend))
+    torch_fn = lambda: getattr(F, name)(xt, dim=-1)
+    fn = torch_fn if backend == "torch" else (lambda: getattr(dlcore.ops, name)(x, backend=backend))
     run_case(fn, expected=ref, op=f"{name} fwd", shape=(R, C), dtype=np.float32, backend=backend,
-             bytes_moved=8 * R * C, rounds=3 if backend == "numpy" else 10)
+             bytes_moved=8 * R * C, rounds=3 if backend == "numpy" else 10,
+             paired={"torch": torch_fn} if backend == "numba" else None)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -33,11 +34,13 @@ def bench_backward(run_case, name, backend):
     ref = torch.ops.aten._softmax_backward_data(gt, y, -1, torch.float32) if name == "softmax" else \
         torch.ops.aten._log_softmax_backward_data(gt, y, -1, torch.float32)
     yn = y.numpy()
+    aten = torch.ops.aten._softmax_backward_data if name == "softmax" else torch.ops.aten._log_softmax_backward_data
+    torch_fn = lambda: aten(gt, y, -1, torch.float32)  # noqa: E731
     if backend == "torch":
-        aten = torch.ops.aten._softmax_backward_data if name == "softmax" else torch.ops.aten._log_softmax_backward_data
-        fn = lambda: aten(gt, y, -1, torch.float32)  # noqa: E731
+        fn = torch_fn
     else:
         bwd = getattr(dlcore.ops, name + "_backward")
         fn = lambda: bwd(g, yn, backend=backend)  # noqa: E731
     run_case(fn, expected=ref, op=f"{name} bwd", shape=(R, C), dtype=np.float32, backend=backend,
-             bytes_moved=12 * R * C, rounds=3 if backend == "numpy" else 10)
+             bytes_moved=12 * R * C, rounds=3 if backend == "numpy" else 10,
+             paired={"torch": torch_fn} if backend == "numba" else None)

@@ -233,16 +233,20 @@ OPS = {"lm": "train step transformer LM", "lm-patch": "train step transformer LM
 def bench_train_step(run_case, case, impl):
     if impl == "dlcore":
         check_same_loss(case)
-    step, data = make_case(case, impl)
-    it = iter(range(1 << 30))
+    def stepper(impl_):
+        step, data = make_case(case, impl_)
+        it = iter(range(1 << 30))
 
-    def fn():
-        x, y = data[next(it) % len(data)]
-        return step(x, y)
+        def fn():
+            x, y = data[next(it) % len(data)]
+            return step(x, y)
+
+        return fn
 
     backend = "torch" if impl == "torch" else ("dlcore.torch" if case == "lm-patch" else "numba")
-    run_case(fn, op=OPS[case], shape=SHAPES[case], dtype=np.float32, backend=backend, flops=FLOPS[case](),
-             rounds=7 if case != "mlp" else 50)
+    run_case(stepper(impl), op=OPS[case], shape=SHAPES[case], dtype=np.float32, backend=backend,
+             flops=FLOPS[case](), rounds=7 if case != "mlp" else 50,
+             paired={"torch": stepper("torch")} if impl == "dlcore" else None)
 
 
 # ------------------------------------------------------------------------------------------------ script

@@ -44,7 +44,7 @@ def run_case(benchmark, limits):
     """run_case(fn, expected=..., op=, shape=, dtype=, backend=, bytes_moved=|flops=, rounds=5, tol=1e-3)."""
 
     def run(fn, *, op, shape, dtype, backend, expected=None, bytes_moved=None, flops=None, rounds=5, tol=1e-3,
-            setup=None):
+            setup=None, paired=None):
         if setup is not None:
             setup()
         out = fn()  # warm-up + correctness: compile, then check against the reference
@@ -60,7 +60,38 @@ def run_case(benchmark, limits):
             limit=limits["bandwidth_gbs"] if bytes_moved else limits["matmul_gflops"],
         )
         if setup is not None:
-            return benchmark.pedantic(fn, setup=setup, rounds=rounds, warmup_rounds=0)
-        return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
+            result = benchmark.pedantic(fn, setup=setup, rounds=rounds, warmup_rounds=0)
+        else:
+            result = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
+        if paired:
+            benchmark.extra_info["paired"] = interleaved_ratios(fn, paired, rounds, setup)
+        return result
 
     return run
+
+
+def interleaved_ratios(fn, refs: dict, rounds: int, setup=None) -> dict:
+    """``{name: median(ref time) / median(fn time)}`` over ``rounds`` interleaved rounds (``max(rounds, 5)``).
+
+    The row medians of a pytest-benchmark run time each backend in its own block of seconds to minutes;
+    on a shared VM whose speed drifts by tens of percent over minutes, a ratio of two such medians carries
+    that drift. Here every round times ``fn`` and each reference back to back, alternating which goes
+    first, so drift hits both sides alike. RESULTS.md gives both figures; the targets use this one.
+    """
+    import time
+
+    sides = [("ours", fn), *refs.items()]
+    times = {name: [] for name, _ in sides}
+    for name, f in sides:  # warm-up (compile, first-touch)
+        if setup is not None:
+            setup()
+        f()
+    for r in range(max(rounds, 5)):
+        for name, f in (sides if r % 2 == 0 else sides[::-1]):
+            if setup is not None:
+                setup()
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    ours = float(np.median(times["ours"]))
+    return {name: float(np.median(times[name])) / ours for name in refs}

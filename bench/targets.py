@@ -3,7 +3,10 @@
 Each target names a benchmark row (op, optionally shape) of dlcore's backend and what it must reach:
 a speed ratio against a reference backend measured in the same run (``ref``: one backend, or a tuple whose
 fastest member counts, as in "never below 0.95x the faster of numpy and torch"), or a share of the machine's
-limit (copy bandwidth or fp32 matmul peak, also measured in the run). `evaluate` turns rows into a list of
+limit (copy bandwidth or fp32 matmul peak, also measured in the run). A ratio is taken from the row's
+interleaved measurement (``paired``: dlcore and the reference timed back to back in one loop, see
+bench/conftest.py) when the row has one, else from the two rows' medians, which are timed minutes apart;
+the table shows both. `evaluate` turns rows into a list of
 verdicts that bench/run.py writes into RESULTS.md; a target whose row is missing is reported as such,
 never silently dropped.
 """
@@ -81,17 +84,25 @@ def evaluate(rows, targets=TARGETS):
             else:
                 refs = t.ref if isinstance(t.ref, tuple) else (t.ref,)
                 times = [m for m in (_median(rows, t.op, shape, b) for b in refs) if m is not None]
-                measured = min(times) / ours["median"] if times else None
+                blocks = min(times) / ours["median"] if times else None
+                paired = ours.get("paired") or {}
+                if all(b in paired for b in refs):  # interleaved in one loop (bench/conftest.interleaved_ratios)
+                    measured = min(paired[b] for b in refs)
+                else:
+                    measured = blocks
             met = None if measured is None else measured >= t.minimum
-            verdicts.append({"target": t, "shape": shape, "measured": measured, "met": met})
+            verdicts.append({"target": t, "shape": shape, "measured": measured, "met": met,
+                             "blocks": None if t.ref == "limit" else blocks})
     return verdicts
 
 
 def markdown(verdicts):
     """The verdicts as a Markdown table (one line per target and shape)."""
-    lines = ["| source | op | shape | target | measured | met |", "| --- | --- | --- | --- | ---: | :---: |"]
+    lines = ["| source | op | shape | target | measured | row medians | met |",
+             "| --- | --- | --- | --- | ---: | ---: | :---: |"]
     for v in verdicts:
         t = v["target"]
+        blocks = "-" if v.get("blocks") is None else f"{v['blocks']:.2f}x"
         if v["measured"] is None:
             measured, met = "not measured", "?"
         elif t.ref == "limit":
@@ -99,5 +110,5 @@ def markdown(verdicts):
         else:
             measured, met = f"{v['measured']:.2f}x", "yes" if v["met"] else "**no**"
         who = "" if t.ours == "numba" else f" ({t.ours})"
-        lines.append(f"| {t.source} | {t.op}{who} | {v['shape']} | {t.describe()} | {measured} | {met} |")
+        lines.append(f"| {t.source} | {t.op}{who} | {v['shape']} | {t.describe()} | {measured} | {blocks} | {met} |")
     return lines

@@ -23,3 +23,41 @@ def test_every_shape_of_an_op_gets_its_own_verdict():
             _row("mse", "numba", 1.0, "(2,)"), _row("mse", "torch", 1.5, "(2,)")]
     v = evaluate(rows, [Target("mse", 2.0)])
     assert [(x["shape"], x["met"]) for x in v] == [("(1,)", True), ("(2,)", False)]
+
+
+def test_interleaved_ratio_is_used_when_the_row_has_one():
+    """A row with ``paired`` ratios (timed back to back) is judged on them; the row-median ratio is shown
+    beside; a paired dict missing one of a best-of target's references falls back to the medians."""
+    ours = dict(_row("matmul", "numba", 1.0), paired={"numpy": 0.97, "torch": 1.10})
+    rows = [ours, _row("matmul", "numpy", 0.8), _row("matmul", "torch", 1.2),
+            dict(_row("gelu", "numba", 1.0), paired={"torch": 2.1}), _row("gelu", "torch", 1.5)]
+    v = evaluate(rows, [Target("matmul", 0.95, ("numpy", "torch")), Target("gelu", 2.0),
+                        Target("matmul", 0.95, ("numpy", "torch", "absent"))])
+    assert [x["met"] for x in v] == [True, True, False]
+    assert abs(v[0]["measured"] - 0.97) < 1e-12 and abs(v[0]["blocks"] - 0.8) < 1e-12
+    assert abs(v[1]["measured"] - 2.1) < 1e-12 and abs(v[1]["blocks"] - 1.5) < 1e-12
+    assert abs(v[2]["measured"] - 0.8) < 1e-12  # 'absent' has no paired time: the medians decide
+    text = "\n".join(markdown(v))
+    assert "| 0.97x | 0.80x | yes |" in text and "| 2.10x | 1.50x | yes |" in text
+
+
+def test_interleaved_ratios_alternate_and_use_medians():
+    """conftest.interleaved_ratios times every side each round and reports median(ref) / median(ours)."""
+    import time
+
+    from bench.conftest import interleaved_ratios
+
+    calls = []
+
+    def ours():
+        calls.append("ours")
+        time.sleep(0.002)
+
+    def ref():
+        calls.append("ref")
+        time.sleep(0.006)
+
+    r = interleaved_ratios(ours, {"ref": ref}, rounds=3)
+    assert calls.count("ours") == calls.count("ref") == 6  # warm-up + max(rounds, 5) rounds
+    assert calls[2:4] == ["ours", "ref"] and calls[4:6] == ["ref", "ours"]  # order alternates per round
+    assert 1.5 < r["ref"] < 6
