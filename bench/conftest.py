@@ -70,24 +70,40 @@ def run_case(benchmark, limits):
     return run
 
 
+# Calls shorter than this get an untimed call of their own just before the timed one: otherwise each side
+# would pay for waking its thread pool (and refilling caches) after the other side ran, a cost the row
+# medians (the same call back to back) do not include (tens of microseconds: 256^3 matmul on 2 cores
+# takes ~0.25 ms).
+_WARM_BELOW_S = 0.05
+
+
 def interleaved_ratios(fn, refs: dict, rounds: int, setup=None) -> dict:
     """``{name: median(ref time) / median(fn time)}`` over ``rounds`` interleaved rounds (``max(rounds, 5)``).
 
     The row medians of a pytest-benchmark run time each backend in its own block of seconds to minutes;
     on a shared VM whose speed drifts by tens of percent over minutes, a ratio of two such medians carries
     that drift. Here every round times ``fn`` and each reference back to back, alternating which goes
-    first, so drift hits both sides alike. RESULTS.md gives both figures; the targets use this one.
+    first, so drift hits both sides alike; a call under ``_WARM_BELOW_S`` is preceded by an untimed one, so
+    neither side is timed just after the other emptied its caches or let its threads sleep. RESULTS.md
+    gives both figures; the targets use this one.
     """
     import time
 
     sides = [("ours", fn), *refs.items()]
     times = {name: [] for name, _ in sides}
+    short = {}
     for name, f in sides:  # warm-up (compile, first-touch)
         if setup is not None:
             setup()
+        t0 = time.perf_counter()
         f()
+        short[name] = time.perf_counter() - t0 < _WARM_BELOW_S
     for r in range(max(rounds, 5)):
         for name, f in (sides if r % 2 == 0 else sides[::-1]):
+            if short[name]:  # an untimed call first: the library's thread pool and caches are its own again
+                if setup is not None:
+                    setup()
+                f()
             if setup is not None:
                 setup()
             t0 = time.perf_counter()

@@ -21,7 +21,9 @@ names up at call time is routed: ``F.softmax(...)`` / ``torch.nn.functional.xxx(
 * names bound before the patch: ``from torch.nn.functional import softmax``, a function stored at
   construction time (``TransformerEncoderLayer(activation="gelu")`` keeps ``F.gelu``; HF's
   ``GELUActivation`` / ``GELUTanh`` keep ``nn.functional.gelu``; a model built *inside* a patch keeps the
-  wrapper, which routes whenever a patch is active and otherwise calls torch);
+  wrapper, which routes whenever a patch is active and otherwise calls torch). ``patch(model)`` rebinds
+  those stored in a submodule's own attributes (``layer.activation``) to the wrappers, and ``unpatch``
+  puts torch's functions back; the ``with patch():`` form leaves objects alone;
 * torch's fused eval-mode fast paths (``torch._native_multi_head_attention``,
   ``torch._transformer_encoder_layer_fwd``), which never call ``F``.
 
@@ -243,7 +245,23 @@ def patch(model=None):
         pre = model.register_forward_pre_hook(_enter_hook, prepend=True)
         post = model.register_forward_hook(_exit_hook, always_call=True)
         model._dlcore_patch_handles = (pre, post)
+        model._dlcore_patch_rebound = _rebind_stored_functions(model)
     return model
+
+
+def _rebind_stored_functions(model) -> list:
+    """Point submodule attributes that hold one of torch's patched functions (``TransformerEncoderLayer``
+    keeps ``F.gelu`` as ``self.activation``) at the wrapper, which calls torch's function whenever no patch
+    is routing. Returns ``[(module, attribute, original, name), ...]`` for `unpatch`."""
+    originals = {id(f): name for name, f in _originals.items()}
+    rebound = []
+    for module in model.modules():
+        for attr, value in list(vars(module).items()):
+            name = originals.get(id(value))
+            if name is not None and callable(value) and not attr.startswith("_"):
+                setattr(module, attr, _WRAPPERS[name])
+                rebound.append((module, attr, value, name))
+    return rebound
 
 
 def unpatch(model):
@@ -260,6 +278,10 @@ def unpatch(model):
         for h in handles:
             h.remove()
         del model._dlcore_patch_handles
+        for module, attr, original, name in getattr(model, "_dlcore_patch_rebound", ()):
+            if getattr(module, attr, None) is _WRAPPERS[name]:  # unless something replaced it since
+                setattr(module, attr, original)
+        model.__dict__.pop("_dlcore_patch_rebound", None)
     return model
 
 

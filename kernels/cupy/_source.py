@@ -198,6 +198,46 @@ ELEMENTWISE: list[Elementwise] = []  # every spec ever made, for the tests' nvcc
 ELEMENTWISE_BLOCK_SIZE = 256
 
 
+# scalar parameter types an Elementwise spec may use, as C types and as the NumPy scalars a RawKernel takes
+_SCALAR_CTYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long", "bool": "bool"}
+_SCALAR_NUMPY = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64,
+                 "bool": np.bool_}
+
+
+def parse_params(spec: str) -> list:
+    """CuPy's parameter-list grammar: ``'T x, raw T g, float32 lr'`` -> ``[(raw, type, name), ...]``."""
+    out = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        toks = part.split()
+        raw = toks[0] == "raw"
+        if raw:
+            toks = toks[1:]
+        if len(toks) != 2:
+            raise ValueError(f"bad parameter {part!r}")
+        out.append((raw, toks[0], toks[1]))
+    return out
+
+
+def _reads(operation: str, name: str) -> bool:
+    """Whether ``operation`` reads ``name`` anywhere (any use that is not ``name = ...``, ``==`` excepted)."""
+    uses = re.findall(r"\b" + re.escape(name) + r"\b(\s*=(?!=))?", operation)
+    return any(not assign for assign in uses)
+
+
+def _address(a) -> int:
+    """The device address of a CuPy array's first element (a NumPy array's, under the CPU emulator)."""
+    data = getattr(a, "data", None)
+    ptr = getattr(data, "ptr", None)
+    return int(ptr) if ptr is not None else int(a.__array_interface__["data"][0])
+
+
+@functools.cache
+def _vector_kernel(code: str, name: str):
+    return cupy().RawKernel(code, name, options=("--std=c++17",))
+
+
 class Elementwise:
     """A ``cupy.ElementwiseKernel`` kept as data and built on first call.
 
@@ -237,6 +277,113 @@ class Elementwise:
         return self._kernel
 
     def __call__(self, *args, **kwargs):
+        if not kwargs:
+            done = self._vectorized(args)
+            if done is not NotImplemented:
+                return done
         if self.block_size is not None and "block_size" not in kwargs:
             kwargs["block_size"] = self.block_size
         return self.kernel()(*args, **kwargs)
+
+    # -- the 16-byte path ---------------------------------------------------------------------------
+    def vector_source(self, ctype: str) -> str | None:
+        """CUDA C++ of this kernel's 16-byte-access twin for ``T = ctype`` (None when it has ``raw`` params or
+        a non-``T`` array): each thread loads 16 bytes of every array at once (4 floats / 2 doubles), runs
+        the body once per element in registers, stores 16 bytes; a scalar loop takes the tail.
+
+        An output that the body reads (an in-place update) is loaded first; one it only assigns is not, so
+        a pure output costs one write. CuPy's ``ElementwiseKernel`` does one 4- or 8-byte access per element
+        per thread, which reached 54-60% of an H200's copy bandwidth (bench/GPU_RESULTS.md).
+        """
+        ins, outs = parse_params(self.in_params), parse_params(self.out_params)
+        if any(raw or (t != "T" and t not in _SCALAR_CTYPES) for raw, t, _ in ins + outs):
+            return None
+        if any(t != "T" for _, t, _ in outs):
+            return None
+        sig = ["long long _n"]
+        for k, (_, t, n) in enumerate(ins + outs):
+            if t != "T":
+                sig.append(f"const {_SCALAR_CTYPES[t]} {n}")
+            else:
+                sig.append(f"{'const ' if k < len(ins) else ''}T* _p_{n}")
+        read_outs = {n for _, _, n in outs if _reads(self.operation, n)}
+        v = ["  for (long long _v = (long long)blockIdx.x * blockDim.x + threadIdx.x; _v < _nv; _v += _stride) {"]
+        for _, t, n in ins:
+            if t == "T":
+                v.append(f"    const _P _{n} = reinterpret_cast<const _P*>(_p_{n})[_v];")
+        for _, _, n in outs:
+            v.append(f"    _P _{n}" + (f" = reinterpret_cast<const _P*>(_p_{n})[_v];" if n in read_outs else ";"))
+        v.append("#pragma unroll")
+        v.append("    for (int _l = 0; _l < _V; ++_l) {")
+        v.append("      const long long i = _v * _V + _l;")
+        v.append("      (void)i;")
+        for _, t, n in ins:
+            if t == "T":
+                v.append(f"      const T {n} = _{n}.v[_l];")
+        for _, _, n in outs:
+            v.append(f"      T& {n} = _{n}.v[_l];")
+        v.append("      {\n" + self.operation + "\n      }")
+        v.append("    }")
+        for _, _, n in outs:
+            v.append(f"    reinterpret_cast<_P*>(_p_{n})[_v] = _{n};")
+        v.append("  }")
+        v.append("  for (long long i = _nv * _V + (long long)blockIdx.x * blockDim.x + threadIdx.x; i < _n;"
+                 " i += _stride) {")
+        for _, t, n in ins:
+            if t == "T":
+                v.append(f"    const T {n} = _p_{n}[i];")
+        for _, _, n in outs:
+            v.append(f"    T& {n} = _p_{n}[i];")
+        v.append("    {\n" + self.operation + "\n    }")
+        v.append("  }")
+        return "\n".join([
+            f"typedef {ctype} T;",
+            "struct float16;  // ACC_PREAMBLE names CuPy's half type; this path never instantiates it",
+            self.preamble,
+            "template <typename E, int V> struct alignas(16) dl_pack16 { E v[V]; };",
+            f'extern "C" __global__ void {self.name}_v16({", ".join(sig)}) {{',
+            "  constexpr int _V = 16 / sizeof(T);",
+            "  typedef dl_pack16<T, _V> _P;",
+            "  const long long _stride = (long long)gridDim.x * blockDim.x;",
+            "  const long long _nv = _n / _V;",
+            *v,
+            "}",
+        ]) + "\n"
+
+    def _vectorized(self, args):
+        """Run the 16-byte twin when every array is a contiguous, 16-byte aligned float32/float64 CuPy array
+        of one shape; ``NotImplemented`` otherwise (the ElementwiseKernel then runs, with CuPy's
+        broadcasting and casting rules)."""
+        ins, outs = parse_params(self.in_params), parse_params(self.out_params)
+        if len(args) not in (len(ins), len(ins) + len(outs)):
+            return NotImplemented
+        cp = cupy()
+        params = ins + outs
+        arrays = [a for a, (_, t, _) in zip(args, params) if t == "T"]
+        if not arrays or not all(isinstance(a, cp.ndarray) for a in arrays):
+            return NotImplemented
+        first = arrays[0]
+        dtype = np.dtype(first.dtype)
+        if dtype.name not in ("float32", "float64") or any(
+                np.dtype(a.dtype) != dtype or a.shape != first.shape or not a.flags.c_contiguous
+                or _address(a) % 16 for a in arrays):
+            return NotImplemented
+        ctype = "float" if dtype.name == "float32" else "double"
+        code = self.vector_source(ctype)
+        if code is None:
+            return NotImplemented
+        args = list(args)
+        if len(args) == len(ins):  # outputs not given: allocate them, as the ElementwiseKernel would
+            args += [cp.empty_like(first) for _ in outs]
+            if any(_address(a) % 16 for a in args[len(ins):]):
+                return NotImplemented
+        n = first.size
+        kernel_args = [np.int64(n)]
+        for a, (_, t, _) in zip(args, params):
+            kernel_args.append(a if t == "T" else _SCALAR_NUMPY[t](a))
+        if n:
+            kernel = _vector_kernel(code, f"{self.name}_v16")
+            blocks = grid(-(-n // (256 * (16 // dtype.itemsize))))
+            kernel((blocks,), (256,), tuple(kernel_args))
+        result = args[len(ins):]
+        return result[0] if len(result) == 1 else tuple(result)

@@ -58,6 +58,7 @@ def test_interleaved_ratios_alternate_and_use_medians():
         time.sleep(0.006)
 
     r = interleaved_ratios(ours, {"ref": ref}, rounds=3)
-    assert calls.count("ours") == calls.count("ref") == 6  # warm-up + max(rounds, 5) rounds
-    assert calls[2:4] == ["ours", "ref"] and calls[4:6] == ["ref", "ours"]  # order alternates per round
+    # warm-up, then max(rounds, 5) rounds; each short call (< 50 ms) is preceded by an untimed twin
+    assert calls.count("ours") == calls.count("ref") == 11
+    assert calls[2:6] == ["ours", "ours", "ref", "ref"] and calls[6:10] == ["ref", "ref", "ours", "ours"]
     assert 1.5 < r["ref"] < 6

@@ -374,3 +374,27 @@ def test_gpt2_forward_loss_backward_matches_torch():
         assert stats["layer_norm"] == {"dlcore": 5, "torch": 0, "reasons": {}}
         assert stats["cross_entropy"] == {"dlcore": 1, "torch": 0, "reasons": {}}
         assert stats["gelu"]["dlcore"] == stats["softmax"]["dlcore"] == 0
+
+
+def test_patch_model_routes_an_activation_stored_at_construction():
+    """TransformerEncoderLayer(activation='gelu') keeps F.gelu as an attribute: patch(model) points it at the
+    wrapper (gelu routed, same numbers), and unpatch(model) gives torch's function back."""
+    torch.manual_seed(0)
+    ref = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, activation="gelu", batch_first=True)
+    ours = copy.deepcopy(ref)
+    original = ours.activation
+    dlcore.torch.patch(ours)
+    assert ours.activation is not original
+    x = _rand(2, 5, 16, dtype=torch.float32, grad=False)
+    dlcore.torch.reset_patch_stats()
+    y = ours(x)
+    assert dlcore.torch.patch_stats()["gelu"] == {"dlcore": 1, "torch": 0, "reasons": {}}
+    assert_close(y, ref(x), rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    ref(x).sum().backward()
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+        assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5, msg=name)
+    assert ours.activation(x) is not None  # outside a forward: torch's function, not counted
+    assert dlcore.torch.patch_stats()["gelu"]["dlcore"] == 1
+    dlcore.torch.unpatch(ours)
+    assert ours.activation is original

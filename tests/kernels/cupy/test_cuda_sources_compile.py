@@ -114,3 +114,37 @@ def test_elementwise_bodies_compile(ctype, tmp_path):
                                         {"T": ctype}, "cuda", name=f"chk_{spec.name}", extern_c=False))
         parts.append(f"}}  // namespace ns_{spec.name}")
     _compile("\n".join(parts), tmp_path, f"elementwise_{ctype}")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("ctype,vector_load", [("float", "ld.global.v4.f32"), ("double", "ld.global.v2.f64")])
+def test_elementwise_16_byte_twins_compile_to_vector_accesses(ctype, vector_load, tmp_path):
+    """Every ElementwiseKernel without raw params has a 16-byte twin (`_source.Elementwise.vector_source`):
+    one NVRTC-ready source each, and its PTX really loads and stores 16 bytes at a time."""
+    specs = [s for s in _elementwise_specs() if s.vector_source(ctype) is not None]
+    assert {"dl_gelu_erf_fwd", "dl_relu_bwd", "dl_silu_fwd", "dl_adam", "dl_sgd_momentum"} <= {s.name for s in specs}
+    for spec in specs:
+        code = spec.vector_source(ctype)
+        assert not re.search(r"^\s*#\s*include", code, re.MULTILINE)
+        src = tmp_path / f"{spec.name}.cu"
+        src.write_text(code)
+        ptx = tmp_path / f"{spec.name}.ptx"
+        res = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", "-ptx", "-o", str(ptx), str(src)],
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert res.returncode == 0, f"{spec.name}:\n{res.stderr}"
+        text = ptx.read_text()
+        assert vector_load in text, f"{spec.name}: no 16-byte load in the PTX"
+        assert vector_load.replace("ld.", "st.") in text, f"{spec.name}: no 16-byte store in the PTX"
+
+
+def test_vector_twin_reads_outputs_only_when_the_body_does():
+    """A pure output is not loaded (one write per element); an in-place one (Adam's param) is."""
+    src = _source_module()
+    relu = next(s for s in _elementwise_specs() if s.name == "dl_relu_fwd")
+    adam = next(s for s in _elementwise_specs() if s.name == "dl_adam")
+    assert "_P _y;" in relu.vector_source("float")
+    code = adam.vector_source("float")
+    for n in ("param", "exp_avg", "exp_avg_sq"):
+        assert f"_P _{n} = reinterpret_cast<const _P*>(_p_{n})[_v];" in code
+    assert not src._reads("y = x == T(0) ? T(1) : x;", "y") and src._reads("y = y + x;", "y")
+    assert src._reads("if (y == T(0)) y = x;", "y")
