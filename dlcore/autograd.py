@@ -507,7 +507,7 @@ class _SliceGrads:
     integer indices along one axis that together cover it once, the buffer is not even zero-filled.
     """
 
-    __slots__ = ("m", "like", "pieces")
+    __slots__ = ("like", "m", "pieces")
 
     def __init__(self, m, like, index, g):
         self.m, self.like, self.pieces = m, like, [(index, g)]

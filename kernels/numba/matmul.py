@@ -124,7 +124,7 @@ def _gemm_panel(a, c, bp, k0, kc, j0, nc, nr, first):
 
 
 def _gemm_kernel(a, b, c):
-    m, k = a.shape
+    k = a.shape[1]
     n = b.shape[1]
     nr = _NV * _LANES[a.dtype]
     kc_max = _MICRO_PANEL_BYTES // (nr * a.itemsize)
