@@ -194,7 +194,9 @@ ELEMENTWISE: list[Elementwise] = []  # every spec ever made, for the tests' nvcc
 
 
 # Threads per block of every ElementwiseKernel launch. CuPy's default, 128, moved 1.69 TB/s on a 256M-float
-# copy on an H200 (40% of its 4.27 TB/s); 256 moved 2.62 TB/s, 512 2.39, 1024 2.11 (bench/RESULTS.md).
+# copy on an H200 (40% of its 4.27 TB/s); 256 moved 2.62 TB/s, 512 2.39, 1024 2.11 (bench/RESULTS.md). The
+# 16-byte twins (Elementwise.vector_source, used for contiguous aligned float32/float64 arrays) reach
+# 88-101% of that copy bandwidth at 256 threads (bench/GPU_RESULTS.md, 2026-11-26).
 ELEMENTWISE_BLOCK_SIZE = 256
 
 
