@@ -235,11 +235,6 @@ def _address(a) -> int:
     return int(ptr) if ptr is not None else int(a.__array_interface__["data"][0])
 
 
-@functools.cache
-def _vector_kernel(code: str, name: str):
-    return cupy().RawKernel(code, name, options=("--std=c++17",))
-
-
 class Elementwise:
     """A ``cupy.ElementwiseKernel`` kept as data and built on first call.
 
@@ -268,6 +263,8 @@ class Elementwise:
         self.preamble = ACC_PREAMBLE + source("math.cuh", *headers) + preamble
         self.block_size = ELEMENTWISE_BLOCK_SIZE
         self._kernel = None
+        self._ins, self._outs = parse_params(in_params), parse_params(out_params)
+        self._twins = {}  # C type -> the 16-byte twin's RawKernel, or None when the spec has no twin
         ELEMENTWISE.append(self)
 
     def kernel(self):
@@ -297,7 +294,7 @@ class Elementwise:
         a pure output costs one write. CuPy's ``ElementwiseKernel`` does one 4- or 8-byte access per element
         per thread, which reached 54-60% of an H200's copy bandwidth (bench/GPU_RESULTS.md).
         """
-        ins, outs = parse_params(self.in_params), parse_params(self.out_params)
+        ins, outs = self._ins, self._outs
         if any(raw or (t != "T" and t not in _SCALAR_CTYPES) for raw, t, _ in ins + outs):
             return None
         if any(t != "T" for _, t, _ in outs):
@@ -308,6 +305,15 @@ class Elementwise:
                 sig.append(f"const {_SCALAR_CTYPES[t]} {n}")
             else:
                 sig.append(f"{'const ' if k < len(ins) else ''}T* _p_{n}")
+
+        def element(indent, src):
+            """Bind each array parameter to its element ``src.format(n)`` and run the body (CuPy's binding:
+            inputs by value, outputs by reference)."""
+            pad = " " * indent
+            lines = [f"{pad}const T {n} = {src.format(n)};" for _, t, n in ins if t == "T"]
+            lines += [f"{pad}T& {n} = {src.format(n)};" for _, _, n in outs]
+            return lines + [pad + "{\n" + self.operation + "\n" + pad + "}"]
+
         read_outs = {n for _, _, n in outs if _reads(self.operation, n)}
         v = ["  for (long long _v = (long long)blockIdx.x * blockDim.x + threadIdx.x; _v < _nv; _v += _stride) {"]
         for _, t, n in ins:
@@ -319,24 +325,14 @@ class Elementwise:
         v.append("    for (int _l = 0; _l < _V; ++_l) {")
         v.append("      const long long i = _v * _V + _l;")
         v.append("      (void)i;")
-        for _, t, n in ins:
-            if t == "T":
-                v.append(f"      const T {n} = _{n}.v[_l];")
-        for _, _, n in outs:
-            v.append(f"      T& {n} = _{n}.v[_l];")
-        v.append("      {\n" + self.operation + "\n      }")
+        v += element(6, "_{}.v[_l]")
         v.append("    }")
         for _, _, n in outs:
             v.append(f"    reinterpret_cast<_P*>(_p_{n})[_v] = _{n};")
         v.append("  }")
         v.append("  for (long long i = _nv * _V + (long long)blockIdx.x * blockDim.x + threadIdx.x; i < _n;"
                  " i += _stride) {")
-        for _, t, n in ins:
-            if t == "T":
-                v.append(f"    const T {n} = _p_{n}[i];")
-        for _, _, n in outs:
-            v.append(f"    T& {n} = _p_{n}[i];")
-        v.append("    {\n" + self.operation + "\n    }")
+        v += element(4, "_p_{}[i]")
         v.append("  }")
         return "\n".join([
             f"typedef {ctype} T;",
@@ -356,7 +352,7 @@ class Elementwise:
         """Run the 16-byte twin when every array is a contiguous, 16-byte aligned float32/float64 CuPy array
         of one shape; ``NotImplemented`` otherwise (the ElementwiseKernel then runs, with CuPy's
         broadcasting and casting rules)."""
-        ins, outs = parse_params(self.in_params), parse_params(self.out_params)
+        ins, outs = self._ins, self._outs
         if len(args) not in (len(ins), len(ins) + len(outs)):
             return NotImplemented
         cp = cupy()
@@ -371,8 +367,12 @@ class Elementwise:
                 or _address(a) % 16 for a in arrays):
             return NotImplemented
         ctype = "float" if dtype.name == "float32" else "double"
-        code = self.vector_source(ctype)
-        if code is None:
+        if ctype not in self._twins:  # built once per spec and type (NVRTC compiles on the first launch)
+            code = self.vector_source(ctype)
+            self._twins[ctype] = None if code is None else cp.RawKernel(code, f"{self.name}_v16",
+                                                                        options=("--std=c++17",))
+        kernel = self._twins[ctype]
+        if kernel is None:
             return NotImplemented
         args = list(args)
         if len(args) == len(ins):  # outputs not given: allocate them, as the ElementwiseKernel would
@@ -384,7 +384,6 @@ class Elementwise:
         for a, (_, t, _) in zip(args, params):
             kernel_args.append(a if t == "T" else _SCALAR_NUMPY[t](a))
         if n:
-            kernel = _vector_kernel(code, f"{self.name}_v16")
             blocks = grid(-(-n // (256 * (16 // dtype.itemsize))))
             kernel((blocks,), (256,), tuple(kernel_args))
         result = args[len(ins):]

@@ -28,6 +28,7 @@ import threading
 import types
 
 import numpy as np
+from dlcore.kernels.cupy._source import parse_params  # CuPy's parameter-list grammar, as the backend reads it
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EMU_H = os.path.join(HERE, "emu.h")
@@ -181,22 +182,6 @@ class RawKernel:
 
 
 # ---- ElementwiseKernel ----------------------------------------------------------------------------------
-def parse_params(spec: str):
-    """``'T x, raw T g, float32 lr'`` -> [(raw, type, name), ...] (CuPy's parameter-list grammar)."""
-    out = []
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        toks = part.split()
-        raw = toks[0] == "raw"
-        if raw:
-            toks = toks[1:]
-        if len(toks) != 2:
-            raise ValueError(f"bad parameter {part!r}")
-        out.append((raw, toks[0], toks[1]))
-    return out
-
-
 def elementwise_source(in_params: str, out_params: str, operation: str, preamble: str, typemap: dict,
                        target: str, name: str = "dlemu_elementwise", extern_c: bool = True) -> str:
     """C++ for an ElementwiseKernel body: a host loop (``target='host'``) or a ``__global__`` (``'cuda'``).
