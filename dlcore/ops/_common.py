@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from dlcore import _arrays, _dispatch
+
+_ndarray = np.ndarray
 
 
 class Call:
     """One call of one op: the chosen backend and the conversions to and from its native arrays."""
 
-    __slots__ = ("op", "kind", "choice", "k", "native", "ns", "dtype", "grad_needed")
+    __slots__ = ("op", "kind", "choice", "k", "native", "ns", "dtype", "grad_needed", "plain")
 
     def __init__(self, op: str, named_arrays: dict, backend: str | None = None):
         self.op = op
-        self.kind = _arrays.common_kind(named_arrays)
+        # plain: every array is a bare NumPy array (the common CPU case), so `apply` needs no conversions
+        self.plain = all(type(a) is _ndarray or a is None for a in named_arrays.values())
+        self.kind = "numpy" if self.plain and any(a is not None for a in named_arrays.values()) \
+            else _arrays.common_kind(named_arrays)
         self.choice = _dispatch.resolve(op, self.kind, backend)
         self.k = self.choice.module  # the kernel module: self.k.softmax_forward(...)
         self.native = self.choice.backend.native
@@ -45,7 +52,7 @@ class Call:
         for name, a in named.items():
             if a is None:
                 continue
-            dt = _arrays.dtype_name(a)
+            dt = (self.plain and _arrays._DTYPE_NAMES.get(a.dtype)) or _arrays.dtype_name(a)
             if dt not in allowed:
                 raise TypeError(
                     f"{self.op}: '{name}' must be a floating-point array ({' or '.join(allowed)} on the "
@@ -60,6 +67,8 @@ class Call:
     # -- running -------------------------------------------------------------------------------
     def apply(self, forward, backward, arrays: tuple, **params):
         """Run ``forward`` on the native views of ``arrays``; wire up torch autograd when it is needed."""
+        if self.plain and self.native == "numpy":  # NumPy in, NumPy kernels: nothing to convert or record
+            return forward(self, *arrays, **params)[0]
         if any(_arrays.is_dlcore_tensor(a) for a in arrays):
             from dlcore.autograd import apply_op
 
