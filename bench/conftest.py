@@ -73,41 +73,60 @@ def run_case(benchmark, limits):
 # Calls shorter than this get an untimed call of their own just before the timed one: otherwise each side
 # would pay for waking its thread pool (and refilling caches) after the other side ran, a cost the row
 # medians (the same call back to back) do not include (tens of microseconds: 256^3 matmul on 2 cores
-# takes ~0.25 ms).
+# takes ~0.25 ms). They are also timed as a block of calls of at least `_BLOCK_S` (one 0.3 ms call is
+# at the mercy of a single scheduler tick), the per-call mean of the block being the round's figure.
 _WARM_BELOW_S = 0.05
+_BLOCK_S = 0.02
+
+# Idle time before each side's turn. NumPy's OpenBLAS leaves its worker threads spinning ~0.1 s after every
+# multi-threaded call (kernels/numba/_blas_threads.py); a side timed inside that window shares the two cores
+# with them. Measured (2026-11-26, 1024^3 fp32, rounds of own gemm / numpy / torch): with no gap the own
+# gemm took 26-32 ms and torch 26-30 ms, both right after numpy's 13 ms; with a 0.15 s gap 16-21 ms and
+# 13-18 ms. Without the gap an interleaved ratio measures that contention, not the kernels.
+_IDLE_GAP_S = 0.15
+
+# Rounds of an interleaved comparison: at least 5, at most this (each round costs a gap per side).
+_MAX_ROUNDS = 15
 
 
 def interleaved_ratios(fn, refs: dict, rounds: int, setup=None) -> dict:
-    """``{name: median(ref time) / median(fn time)}`` over ``rounds`` interleaved rounds (``max(rounds, 5)``).
+    """``{name: median(ref time) / median(fn time)}`` over interleaved rounds (``rounds`` clamped to [5, 15]).
 
     The row medians of a pytest-benchmark run time each backend in its own block of seconds to minutes;
     on a shared VM whose speed drifts by tens of percent over minutes, a ratio of two such medians carries
     that drift. Here every round times ``fn`` and each reference back to back, alternating which goes
-    first, so drift hits both sides alike; a call under ``_WARM_BELOW_S`` is preceded by an untimed one, so
-    neither side is timed just after the other emptied its caches or let its threads sleep. RESULTS.md
-    gives both figures; the targets use this one.
+    first, so drift hits both sides alike. Each side's turn starts after `_IDLE_GAP_S` of idle time (the
+    other libraries' thread pools asleep again); a call under `_WARM_BELOW_S` is preceded by an untimed one
+    (its own pool awake, its caches filled) and timed as a block of calls of at least `_BLOCK_S`.
+    RESULTS.md gives both figures; the targets use this one.
     """
+    import math
     import time
 
     sides = [("ours", fn), *refs.items()]
     times = {name: [] for name, _ in sides}
-    short = {}
-    for name, f in sides:  # warm-up (compile, first-touch)
+    repeats = {}
+    for name, f in sides:  # warm-up (compile, first-touch), and how many calls make one timed block
         if setup is not None:
             setup()
         t0 = time.perf_counter()
         f()
-        short[name] = time.perf_counter() - t0 < _WARM_BELOW_S
-    for r in range(max(rounds, 5)):
+        t = time.perf_counter() - t0
+        repeats[name] = 0 if t >= _WARM_BELOW_S else min(1000, max(1, math.ceil(_BLOCK_S / max(t, 1e-7))))
+    for r in range(min(max(rounds, 5), _MAX_ROUNDS)):
         for name, f in (sides if r % 2 == 0 else sides[::-1]):
-            if short[name]:  # an untimed call first: the library's thread pool and caches are its own again
+            time.sleep(_IDLE_GAP_S)
+            if repeats[name]:  # an untimed call first: the library's thread pool and caches are its own again
                 if setup is not None:
                     setup()
                 f()
-            if setup is not None:
-                setup()
-            t0 = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t0)
+            total, n = 0.0, max(1, repeats[name])
+            for _ in range(n):
+                if setup is not None:
+                    setup()
+                t0 = time.perf_counter()
+                f()
+                total += time.perf_counter() - t0
+            times[name].append(total / n)
     ours = float(np.median(times["ours"]))
     return {name: float(np.median(times[name])) / ours for name in refs}

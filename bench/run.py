@@ -152,7 +152,7 @@ def write_markdown(rows, machine, limits, rows_1t=None):
         "",
         "From the performance issues (bench/targets.py); a missed one is explained in the notes at the end.",
         "`measured`: for a speed ratio, dlcore and the reference timed back to back in one loop, alternating",
-        "which goes first (medians of >= 5 rounds each, bench/conftest.interleaved_ratios), so the VM's drift",
+        "which goes first, each turn after 0.15 s idle (medians of 5-15 rounds, bench/conftest.interleaved_ratios), so the VM's drift",
         "over minutes hits both sides alike; `row medians`: the same ratio from the two rows of the table",
         "below, each timed in its own block.",
         "",

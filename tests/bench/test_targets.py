@@ -41,12 +41,15 @@ def test_interleaved_ratio_is_used_when_the_row_has_one():
     assert "| 0.97x | 0.80x | yes |" in text and "| 2.10x | 1.50x | yes |" in text
 
 
-def test_interleaved_ratios_alternate_and_use_medians():
-    """conftest.interleaved_ratios times every side each round and reports median(ref) / median(ours)."""
+def test_interleaved_ratios_alternate_and_use_medians(monkeypatch):
+    """conftest.interleaved_ratios times every side each round, after an idle gap, short calls as a warmed
+    block, alternating which side goes first, and reports median(ref) / median(ours)."""
+    import itertools
     import time
 
-    from bench.conftest import interleaved_ratios
+    import bench.conftest as bc
 
+    monkeypatch.setattr(bc, "_IDLE_GAP_S", 0.01)
     calls = []
 
     def ours():
@@ -57,8 +60,15 @@ def test_interleaved_ratios_alternate_and_use_medians():
         calls.append("ref")
         time.sleep(0.006)
 
-    r = interleaved_ratios(ours, {"ref": ref}, rounds=3)
-    # warm-up, then max(rounds, 5) rounds; each short call (< 50 ms) is preceded by an untimed twin
-    assert calls.count("ours") == calls.count("ref") == 11
-    assert calls[2:6] == ["ours", "ours", "ref", "ref"] and calls[6:10] == ["ref", "ref", "ours", "ours"]
+    t0 = time.perf_counter()
+    r = bc.interleaved_ratios(ours, {"ref": ref}, rounds=3)
+    elapsed = time.perf_counter() - t0
+    # warm-up (one call each), then max(rounds, 5) = 5 rounds; in each, a side's turn is an untimed call and
+    # a block of ceil(_BLOCK_S / warm-up time) timed calls (< 10 for ours, < 4 for ref at these sleeps)
+    runs = [(name, len(list(group))) for name, group in itertools.groupby(calls)]
+    assert runs[:2] == [("ours", 1), ("ref", 1)]
+    turns = runs[2:]  # rounds alternate: ours, ref | ref, ours | ours, ref ... (adjacent same-side turns merge)
+    assert [name for name, _ in turns] == ["ours", "ref", "ours", "ref", "ours", "ref"]
+    assert 5 * 2 <= calls.count("ours") - 1 <= 5 * 11 and 5 * 2 <= calls.count("ref") - 1 <= 5 * 5
+    assert elapsed >= 10 * 0.01  # one idle gap before each of the 10 turns
     assert 1.5 < r["ref"] < 6
