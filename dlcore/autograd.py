@@ -672,12 +672,17 @@ class _OneThread:
     BLAS ops (`BLAS_OPS`), Numba's for the others (each switch costs microseconds, twice per op). The BLAS
     lowering is the one `dlcore.kernels.numba._blas_threads` shares with the split products: nested and
     concurrent use from several Python threads is safe (lowered on the first entry, restored on the last).
+
+    ``self(blas, numba, step)`` returns an `_OpThreads` context manager (a small object, not a generator:
+    an op enters two of them, forward and backward, so the switch itself is kept to a few microseconds).
     """
 
     def __init__(self):
+        from dlcore.kernels.numba import matmul as numba_matmul
         from dlcore.kernels.numba._blas_threads import blas_threads
 
-        self._blas = blas_threads
+        self.blas = blas_threads
+        self.step_depth = numba_matmul._between_kernels  # `between_numba_kernels`'s per-thread depth
         try:  # Numba's own setters, without the public wrappers' checks (~6 us -> ~1 us per switch)
             from numba.np.ufunc import parallel as _par
 
@@ -687,22 +692,43 @@ class _OneThread:
             import numba
 
             numba_get, numba_set = numba.get_num_threads, numba.set_num_threads
-        self._numba_get, self._numba_set = numba_get, numba_set
+        self.numba_get, self.numba_set = numba_get, numba_set
 
-    @contextlib.contextmanager
-    def __call__(self, blas=True, numba=True):
-        if blas:
-            self._blas.lower()
-        saved = self._numba_get() if numba else None  # Numba's count is per Python thread
-        if numba:
-            self._numba_set(1)
-        try:
-            yield
-        finally:
-            if numba:
-                self._numba_set(saved)
-            if blas:
-                self._blas.restore()
+    def __call__(self, blas=True, numba=True, step=False):
+        return _OpThreads(self, blas, numba, step)
+
+
+class _OpThreads:
+    """One op's thread setting: BLAS lowered to one thread (``blas``), Numba on one thread (``numba``), the
+    products marked as sitting between Numba kernels (``step``, as `between_numba_kernels`); undone in
+    reverse order on exit."""
+
+    __slots__ = ("_blas", "_numba", "_owner", "_saved", "_step")
+
+    def __init__(self, owner, blas, numba, step):
+        self._owner, self._blas, self._numba, self._step = owner, blas, numba, step
+        self._saved = None
+
+    def __enter__(self):
+        o = self._owner
+        if self._step:
+            o.step_depth.depth += 1
+        if self._blas:
+            o.blas.lower()
+        if self._numba:
+            self._saved = o.numba_get()  # Numba's count is per Python thread
+            o.numba_set(1)
+        return self
+
+    def __exit__(self, *exc):
+        o = self._owner
+        if self._numba:
+            o.numba_set(self._saved)
+        if self._blas:
+            o.blas.restore()
+        if self._step:
+            o.step_depth.depth -= 1
+        return False
 
 
 # Ops whose Numba-backend kernels call BLAS (and whether they also run Numba kernels): the others run only
@@ -711,6 +737,7 @@ BLAS_OPS = {"matmul": False, "linear": False, "linear_act": True}
 
 
 _one_thread = None
+_NO_SWITCH = contextlib.nullcontext()  # reusable: nullcontext keeps no state
 
 
 def _is_small(call, arrays) -> bool:
@@ -730,24 +757,21 @@ def _threads(small, call):
     `dlcore.kernels.numba.matmul.between_numba_kernels`)."""
     op = call.op
     if op in BLAS_OPS and call.native == "numpy" and call.choice.backend.name == "numba":
-        from dlcore.kernels.numba.matmul import between_numba_kernels
-
         if not small:
+            from dlcore.kernels.numba.matmul import between_numba_kernels
+
             return between_numba_kernels()
-        stack = contextlib.ExitStack()
-        stack.enter_context(between_numba_kernels())
-        stack.enter_context(_one(blas=True, numba=BLAS_OPS[op]))
-        return stack
+        return _one(blas=True, numba=BLAS_OPS[op], step=True)
     if not small:
-        return contextlib.nullcontext()
+        return _NO_SWITCH
     return _one(blas=False, numba=True)
 
 
-def _one(blas, numba):
+def _one(blas, numba, step=False):
     global _one_thread
     if _one_thread is None:
         _one_thread = _OneThread()
-    return _one_thread(blas=blas, numba=numba)
+    return _one_thread(blas=blas, numba=numba, step=step)
 
 
 def apply_op(call, forward, backward, arrays, params):

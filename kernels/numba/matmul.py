@@ -39,7 +39,6 @@ propagate.
 
 Floor: 2*M*N*K flops (compute-bound); ``gemm`` reads B once per panel for packing.
 """
-import contextlib
 import math
 import sys
 import threading
@@ -179,10 +178,31 @@ def gemm(a, b, out=None):
     return out
 
 
-_between_kernels = threading.local()  # .depth > 0: inside an autograd op (products between Numba kernels)
+class _StepDepth(threading.local):
+    depth = 0  # > 0: inside an autograd op (products between Numba kernels), per Python thread
 
 
-@contextlib.contextmanager
+_between_kernels = _StepDepth()
+
+
+class _BetweenNumbaKernels:
+    """The context manager `between_numba_kernels` returns: a class, not a generator (autograd enters one
+    per op; ~0.3 us instead of ~3 us), stateless (the depth is per thread), so one instance serves all."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        _between_kernels.depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        _between_kernels.depth -= 1
+        return False
+
+
+_BETWEEN = _BetweenNumbaKernels()
+
+
 def between_numba_kernels():
     """Mark the products made inside as part of a training step, between Numba kernels (autograd uses it).
 
@@ -192,17 +212,13 @@ def between_numba_kernels():
     to row blocks over dlcore's own threads with OpenBLAS at one thread (`_blas_threads`). The
     transformer-LM step (bench/bench_train_step.py, 5 separate runs each, 2026-11-26): plain OpenBLAS
     1384-1482 ms, split OpenBLAS 1268-1409, MKL 955-1242. Outside (a lone ``dlcore.ops.matmul``) OpenBLAS
-    stays: it is the faster GEMM by itself.
+    stays: it is the faster GEMM by itself. Nestable; use as ``with between_numba_kernels(): ...``.
     """
-    _between_kernels.depth = getattr(_between_kernels, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _between_kernels.depth -= 1
+    return _BETWEEN
 
 
 def _in_step() -> bool:
-    return getattr(_between_kernels, "depth", 0) > 0
+    return _between_kernels.depth > 0
 
 
 def _product_flops(shape_a, shape_b) -> int:
