@@ -57,7 +57,7 @@ def forward(mm, act, x, weight, bias, activation, save):
     return y, (y if activation == "relu" else pre)
 
 
-def backward(mm, act, grad, x, weight, bias, saved, activation):
+def backward(mm, act, grad, x, weight, bias, saved, activation, need_input=True):
     """``(grad_x, grad_weight, grad_bias or None)`` of `forward`, on the same backend modules."""
     check(activation)
     if activation == "none":
@@ -67,4 +67,4 @@ def backward(mm, act, grad, x, weight, bias, saved, activation):
             pre = mm.linear(x, weight, bias)
             saved = _forward_act(act, pre, "relu") if activation == "relu" else pre
         g_pre = _backward_act(act, saved, grad, activation)
-    return mm.linear_backward(g_pre, x, weight, bias is not None)
+    return mm.linear_backward(g_pre, x, weight, bias is not None, need_input=need_input)

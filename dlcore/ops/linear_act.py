@@ -35,8 +35,8 @@ def _fwd(call, x, weight, bias, *, activation):
 def _bwd(call, saved, grad, needs, *, activation):
     x2, w, b, kept, x_shape = saved
     g2 = call.ns.contiguous(grad).reshape((x2.shape[0], w.shape[0]))
-    gx, gw, gb = call.k.linear_act_backward(g2, x2, w, b, kept, activation)
-    return gx.reshape(x_shape), gw, gb
+    gx, gw, gb = call.k.linear_act_backward(g2, x2, w, b, kept, activation, need_input=bool(needs[0]))
+    return (None if gx is None else gx.reshape(x_shape)), gw, gb
 
 
 def linear_act(input, weight, bias=None, activation="gelu", *, backend=None):

@@ -70,7 +70,7 @@ def _bwd(call, saved, grad, needs, *, plan):
     a3, b3 = saved
     ns = call.ns
     g3 = ns.contiguous(grad).reshape((a3.shape[0], a3.shape[1], b3.shape[2]))
-    ga3, gb3 = call.k.matmul_backward(g3, a3, b3)
+    ga3, gb3 = call.k.matmul_backward(g3, a3, b3, (bool(needs[0]), bool(needs[1])))
 
     def back(g3_, full2, shape):  # undo folding/broadcasting: sum over broadcast batch dims
         if plan.fold:
@@ -135,8 +135,8 @@ def _linear_fwd(call, x, weight, bias):
 def _linear_bwd(call, saved, grad, needs):
     x2, w, has_bias, x_shape = saved
     g2 = call.ns.contiguous(grad).reshape((x2.shape[0], w.shape[0]))
-    gx, gw, gb = call.k.linear_backward(g2, x2, w, has_bias)
-    return gx.reshape(x_shape), gw, gb
+    gx, gw, gb = call.k.linear_backward(g2, x2, w, has_bias, need_input=bool(needs[0]))
+    return (None if gx is None else gx.reshape(x_shape)), gw, gb
 
 
 def linear(input, weight, bias=None, *, backend=None):

@@ -35,22 +35,23 @@ def matmul(a, b):
     return _mm(cp, a, b)
 
 
-def matmul_backward(grad, a, b):
+def matmul_backward(grad, a, b, needs=(True, True)):
     """Gradients of `matmul`: ``grad @ b^T`` and ``a^T @ grad``.
 
     Args:
         grad: ``(B, M, N)`` upstream gradient.
         a: ``(B, M, K)`` forward left operand.
         b: ``(B, K, N)`` forward right operand.
+        needs: ``(need_a, need_b)``; a gradient not needed is not computed and comes back as None.
 
     Returns:
         ``(grad_a, grad_b)``: ``(B, M, K)`` and ``(B, K, N)``.
     """
     cp = src.cupy()
     src.check_float(grad, a, b)
-    grad_a = _mm(cp, grad, b.transpose(0, 2, 1))
-    grad_b = _mm(cp, a.transpose(0, 2, 1), grad)
-    return cp.ascontiguousarray(grad_a), cp.ascontiguousarray(grad_b)
+    grad_a = cp.ascontiguousarray(_mm(cp, grad, b.transpose(0, 2, 1))) if needs[0] else None
+    grad_b = cp.ascontiguousarray(_mm(cp, a.transpose(0, 2, 1), grad)) if needs[1] else None
+    return grad_a, grad_b
 
 
 def linear(x, weight, bias):
@@ -72,7 +73,7 @@ def linear(x, weight, bias):
     return y
 
 
-def linear_backward(grad, x, weight, has_bias):
+def linear_backward(grad, x, weight, has_bias, need_input=True):
     """Gradients of `linear`.
 
     Args:
@@ -80,6 +81,7 @@ def linear_backward(grad, x, weight, has_bias):
         x: ``(N, K)`` forward input.
         weight: ``(O, K)`` forward weight.
         has_bias: whether the forward had a bias.
+        need_input: False when no gradient w.r.t. x is wanted (a first layer): grad_x is then None, one GEMM fewer.
 
     Returns:
         ``(grad_x, grad_weight, grad_bias_or_None)``: ``grad @ weight`` ``(N, K)``, ``grad^T @ x`` ``(O, K)``,
@@ -87,7 +89,7 @@ def linear_backward(grad, x, weight, has_bias):
     """
     cp = src.cupy()
     src.check_float(grad, x, weight)
-    grad_x = _mm(cp, grad, weight)
+    grad_x = _mm(cp, grad, weight) if need_input else None
     grad_w = cp.ascontiguousarray(_mm(cp, grad.T, x))
     grad_b = None
     if has_bias:  # half gradients are summed in float32, then rounded once

@@ -152,7 +152,7 @@ def linear_act_forward(x, weight, bias, activation, save):
     return y, (y if save and activation == "relu" else saved)
 
 
-def linear_act_backward(grad, x, weight, bias, saved, activation):
+def linear_act_backward(grad, x, weight, bias, saved, activation, need_input=True):
     """Gradients of :func:`linear_act_forward`.
 
     Args:
@@ -160,6 +160,7 @@ def linear_act_backward(grad, x, weight, bias, saved, activation):
         x, weight, bias: the forward inputs (bias ``(O,)`` or None).
         saved: the forward's ``saved`` (None: the pre-activation is recomputed with one GEMM).
         activation: the forward's activation.
+        need_input: False when no gradient w.r.t. x is wanted: grad_x is then None (one GEMM fewer).
 
     Returns:
         ``(grad_x, grad_weight, grad_bias_or_None)`` of shapes ``(N, K)``, ``(O, K)``, ``(O,)``.
@@ -180,7 +181,7 @@ def linear_act_backward(grad, x, weight, bias, saved, activation):
         g_pre = _blocks.empty_like(grad)
         if grad.size:
             _grad_pre_kernel(saved, grad, g_pre, code)
-    return _mm.linear_backward(g_pre, x, weight, bias is not None)
+    return _mm.linear_backward(g_pre, x, weight, bias is not None, need_input=need_input)
 
 
 EXPLAIN = {

@@ -312,12 +312,13 @@ def matmul(a, b):
     return blas_matmul(a, b)
 
 
-def matmul_backward(grad, a, b):
+def matmul_backward(grad, a, b, needs=(True, True)):
     """Gradients of :func:`matmul` through BLAS.
 
     Args:
         grad: ``(B, M, N)`` upstream gradient.
         a, b: the forward inputs, ``(B, M, K)`` and ``(B, K, N)``.
+        needs: ``(need_a, need_b)``; a gradient not needed is not computed and comes back as None.
 
     Returns:
         ``(grad_a, grad_b)``: ``grad @ b^T`` of shape ``(B, M, K)`` and ``a^T @ grad`` of shape ``(B, K, N)``.
@@ -327,7 +328,8 @@ def matmul_backward(grad, a, b):
         >>> ga.shape, gb.shape
         ((1, 2, 3), (1, 3, 4))
     """
-    return blas_matmul(grad, b.transpose(0, 2, 1)), blas_matmul(a.transpose(0, 2, 1), grad)
+    return (blas_matmul(grad, b.transpose(0, 2, 1)) if needs[0] else None,
+            blas_matmul(a.transpose(0, 2, 1), grad) if needs[1] else None)
 
 
 def linear(x, weight, bias):
@@ -351,7 +353,7 @@ def linear(x, weight, bias):
     return y
 
 
-def linear_backward(grad, x, weight, has_bias):
+def linear_backward(grad, x, weight, has_bias, need_input=True):
     """Gradients of :func:`linear` through BLAS.
 
     Args:
@@ -359,6 +361,7 @@ def linear_backward(grad, x, weight, has_bias):
         x: ``(N, K)`` forward input.
         weight: ``(O, K)`` forward weight.
         has_bias: whether the forward had a bias.
+        need_input: False when no gradient w.r.t. x is wanted (a first layer): grad_x is then None, one GEMM fewer.
 
     Returns:
         ``(grad_x, grad_weight, grad_bias_or_None)`` of shapes ``(N, K)``, ``(O, K)``, ``(O,)``.
@@ -369,7 +372,7 @@ def linear_backward(grad, x, weight, has_bias):
         ((2, 3), (4, 3), [2.0, 2.0, 2.0, 2.0])
     """
     grad_bias = grad.sum(axis=0) if has_bias else None
-    return blas_matmul(grad, weight), blas_matmul(grad.T, x), grad_bias
+    return (blas_matmul(grad, weight) if need_input else None), blas_matmul(grad.T, x), grad_bias
 
 
 # What `dlcore.explain` adds for ops this module serves (the dispatch reads this table).

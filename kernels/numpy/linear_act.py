@@ -41,7 +41,7 @@ def linear_act_forward(x, weight, bias, activation, save):
     return _composed.forward(_mm, _act, x, weight, bias, activation, save)
 
 
-def linear_act_backward(grad, x, weight, bias, saved, activation):
+def linear_act_backward(grad, x, weight, bias, saved, activation, need_input=True):
     """Gradients of :func:`linear_act_forward`.
 
     Args:
@@ -49,6 +49,7 @@ def linear_act_backward(grad, x, weight, bias, saved, activation):
         x, weight, bias: the forward inputs (bias ``(O,)`` or None).
         saved: the forward's ``saved`` (None: the pre-activation is recomputed).
         activation: the forward's activation.
+        need_input: False when no gradient w.r.t. x is wanted: grad_x is then None (one GEMM fewer).
 
     Returns:
         ``(grad_x, grad_weight, grad_bias_or_None)`` of shapes ``(N, K)``, ``(O, K)``, ``(O,)``.
@@ -58,7 +59,7 @@ def linear_act_backward(grad, x, weight, bias, saved, activation):
         >>> gx.tolist(), gb
         ([[3.0, 3.0]], None)
     """
-    return _composed.backward(_mm, _act, grad, x, weight, bias, saved, activation)
+    return _composed.backward(_mm, _act, grad, x, weight, bias, saved, activation, need_input)
 
 
 EXPLAIN = {"linear_act": "the reference: np.matmul, then the NumPy activation on the whole output"}

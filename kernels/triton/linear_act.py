@@ -26,14 +26,14 @@ def linear_act_forward(x, weight, bias, activation, save):
     return _composed.forward(_mm, _act, x, weight, bias, activation, save)
 
 
-def linear_act_backward(grad, x, weight, bias, saved, activation):
+def linear_act_backward(grad, x, weight, bias, saved, activation, need_input=True):
     """Gradients of :func:`linear_act_forward`.
 
     Args:
         grad: ``(N, O)`` upstream gradient; x, weight, bias: the forward inputs; saved: the forward's ``saved``
-            (None: the pre-activation is recomputed); activation: the forward's activation.
+            (None: the pre-activation is recomputed); need_input: False to skip grad_x (returned as None); activation: the forward's activation.
 
     Returns:
         ``(grad_x (N, K), grad_weight (O, K), grad_bias (O,) or None)``.
     """
-    return _composed.backward(_mm, _act, grad, x, weight, bias, saved, activation)
+    return _composed.backward(_mm, _act, grad, x, weight, bias, saved, activation, need_input)

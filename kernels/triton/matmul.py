@@ -141,18 +141,19 @@ def matmul(a, b):
     return _mm(a, b)
 
 
-def matmul_backward(grad, a, b):
+def matmul_backward(grad, a, b, needs=(True, True)):
     """Gradients of ``a @ b``: ``grad @ b^T`` and ``a^T @ grad`` (transposes are stride swaps).
 
     Args:
         grad: ``(B, M, N)`` upstream gradient.
         a: ``(B, M, K)``.
         b: ``(B, K, N)``.
+        needs: ``(need_a, need_b)``; a gradient not needed is not computed and comes back as None.
 
     Returns:
         ``(grad_a, grad_b)``: ``(B, M, K)`` and ``(B, K, N)``, a's dtype.
     """
-    return _mm(grad, b.transpose(1, 2)), _mm(a.transpose(1, 2), grad)
+    return (_mm(grad, b.transpose(1, 2)) if needs[0] else None, _mm(a.transpose(1, 2), grad) if needs[1] else None)
 
 
 def linear(x, weight, bias):
@@ -170,7 +171,7 @@ def linear(x, weight, bias):
     return y.reshape(x.shape[0], weight.shape[0])
 
 
-def linear_backward(grad, x, weight, has_bias):
+def linear_backward(grad, x, weight, has_bias, need_input=True):
     """Gradients of the linear layer.
 
     Args:
@@ -178,12 +179,13 @@ def linear_backward(grad, x, weight, has_bias):
         x: ``(N, K)`` forward input.
         weight: ``(O, K)``.
         has_bias: whether the forward had a bias.
+        need_input: False when no gradient w.r.t. x is wanted (a first layer): grad_x is then None, one GEMM fewer.
 
     Returns:
         ``(grad_x (N, K), grad_weight (O, K), grad_bias (O,) or None)``, x's dtype.
     """
     g3 = grad.unsqueeze(0)
-    grad_x = _mm(g3, weight.unsqueeze(0))[0]
+    grad_x = _mm(g3, weight.unsqueeze(0))[0] if need_input else None
     grad_w = _mm(grad.t().unsqueeze(0), x.unsqueeze(0))[0]
     grad_b = col_sum(grad).to(grad.dtype) if has_bias else None
     return grad_x, grad_w, grad_b

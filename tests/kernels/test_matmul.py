@@ -81,6 +81,53 @@ def test_linear_matches_torch(backend, dtype, shape, has_bias):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_skips_gradients_not_needed(backend):
+    """``needs`` / ``need_input=False`` (a first layer, a constant operand): that gradient is None, not computed,
+    and the others are bitwise the ones of the full call."""
+    mod = _mod(backend)
+    a, b, g = rand((2, 5, 7), seed=1), rand((2, 7, 3), seed=2), rand((2, 5, 3), seed=3)
+    ga, gb = mod.matmul_backward(g, a, b)
+    only_b = mod.matmul_backward(g, a, b, (False, True))
+    only_a = mod.matmul_backward(g, a, b, (True, False))
+    assert only_b[0] is None and only_a[1] is None
+    np.testing.assert_array_equal(only_b[1], gb)
+    np.testing.assert_array_equal(only_a[0], ga)
+    x, w, up = rand((6, 4), seed=4), rand((5, 4), seed=5), rand((6, 5), seed=6)
+    gx, gw, gbias = mod.linear_backward(up, x, w, True)
+    nx, nw, nbias = mod.linear_backward(up, x, w, True, need_input=False)
+    assert nx is None
+    np.testing.assert_array_equal(nw, gw)
+    np.testing.assert_array_equal(nbias, gbias)
+    act = importlib.import_module(f"dlcore.kernels.{backend}.linear_act")
+    y, saved = act.linear_act_forward(x, w, rand(5, seed=7), "gelu", True)
+    full = act.linear_act_backward(up, x, w, rand(5, seed=7), saved, "gelu")
+    part = act.linear_act_backward(up, x, w, rand(5, seed=7), saved, "gelu", need_input=False)
+    assert part[0] is None
+    np.testing.assert_array_equal(part[1], full[1])
+    np.testing.assert_array_equal(part[2], full[2])
+
+
+def test_autograd_skips_the_first_layers_input_gradient(monkeypatch):
+    """dlcore autograd asks the kernel for grad_x only when the input requires grad."""
+    mod = _mod("numba")
+    seen = []
+    real = mod.linear_backward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("need_input", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "linear_backward", spy)
+    w = dlcore.tensor(rand((3, 4), np.float32, seed=1), requires_grad=True)
+    x = rand((5, 4), np.float32, seed=2)
+    dlcore.ops.linear(x, w).sum().backward()
+    xt = dlcore.tensor(x, requires_grad=True)
+    dlcore.ops.linear(xt, w).sum().backward()
+    assert seen == [False, True]
+    assert xt.grad.shape == (5, 4) and w.grad.shape == (3, 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_linear_backward_finite_differences(backend):
     """RELIABILITY 15: central differences in float64 (eps 1e-6, atol 1e-5, rtol 1e-3)."""
     x, w, b = rand((3, 4), seed=1), rand((5, 4), seed=2), rand(5, seed=3)

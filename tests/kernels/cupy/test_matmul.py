@@ -56,6 +56,23 @@ def test_linear(cp, K, shape, bias, dtype):
         assert gb is None
 
 
+def test_backward_skips_gradients_not_needed(cp, K):
+    """``needs`` / ``need_input=False``: that gradient is None; the others are the full call's, bitwise."""
+    a, b, g = (cp.array(rand(s, np.float32, seed=i)) for i, s in enumerate([(2, 5, 7), (2, 7, 3), (2, 5, 3)]))
+    ga, gb = K.matmul_backward(g, a, b)
+    none_a, only_b = K.matmul_backward(g, a, b, (False, True))
+    only_a, none_b = K.matmul_backward(g, a, b, (True, False))
+    assert none_a is None and none_b is None
+    np.testing.assert_array_equal(host(only_b), host(gb))
+    np.testing.assert_array_equal(host(only_a), host(ga))
+    x, w, up = (cp.array(rand(s, np.float32, seed=i)) for i, s in enumerate([(6, 4), (5, 4), (6, 5)]))
+    gx, gw, gbias = K.linear_backward(up, x, w, True)
+    nx, nw, nbias = K.linear_backward(up, x, w, True, need_input=False)
+    assert nx is None
+    np.testing.assert_array_equal(host(nw), host(gw))
+    np.testing.assert_array_equal(host(nbias), host(gbias))
+
+
 def test_non_contiguous_operands(cp, K):
     a = rand((2, 9, 4), np.float32, seed=8)
     b = rand((2, 6, 9), np.float32, seed=9)

@@ -89,6 +89,20 @@ def test_linear(shape, dtype, has_bias):
         assert gb is None
 
 
+def test_backward_skips_gradients_not_needed():
+    """``needs`` / ``need_input=False``: that gradient is None; the others are the full call's, bitwise."""
+    a, b, g = trand((2, 5, 7), torch.float32, 1), trand((2, 7, 3), torch.float32, 2), trand((2, 5, 3), torch.float32, 3)
+    ga, gb = tk.matmul_backward(g, a, b)
+    none_a, only_b = tk.matmul_backward(g, a, b, (False, True))
+    only_a, none_b = tk.matmul_backward(g, a, b, (True, False))
+    assert none_a is None and none_b is None
+    assert torch.equal(only_b, gb) and torch.equal(only_a, ga)
+    x, w, up = trand((6, 4), torch.float32, 4), trand((5, 4), torch.float32, 5), trand((6, 5), torch.float32, 6)
+    gx, gw, gbias = tk.linear_backward(up, x, w, True)
+    nx, nw, nbias = tk.linear_backward(up, x, w, True, need_input=False)
+    assert nx is None and torch.equal(nw, gw) and torch.equal(nbias, gbias)
+
+
 def test_empty():
     d = device()
     assert tk.matmul(torch.empty(2, 0, 3, device=d), torch.empty(2, 3, 4, device=d)).shape == (2, 0, 4)
