@@ -668,10 +668,11 @@ class _OneThread:
     wakes the thread pools, and on a busy machine waits for a descheduled worker (an MLP step of 128x256
     measured 0.34x torch that way, every kernel taking one scheduler slice). Below `SERIAL_BELOW` elements
     the op runs on the calling thread. The numbers do not change beyond the rounding a thread count may
-    bring (every kernel is tested for that). Only what the op uses is switched: the BLAS count for the
-    BLAS ops (`BLAS_OPS`), Numba's for the others (each switch costs microseconds, twice per op). The BLAS
-    lowering is the one `dlcore.kernels.numba._blas_threads` shares with the split products: nested and
-    concurrent use from several Python threads is safe (lowered on the first entry, restored on the last).
+    bring (every kernel is tested for that). Only what the op uses is switched (each switch costs
+    microseconds, twice per op): Numba's count for the Numba kernels; a small product keeps BLAS's own
+    threading (see `_threads`). The BLAS lowering (``blas=True``) is the one
+    `dlcore.kernels.numba._blas_threads` shares with the split products: nested and concurrent use from
+    several Python threads is safe (lowered on the first entry, restored on the last).
 
     ``self(blas, numba, step)`` returns an `_OpThreads` context manager (a small object, not a generator:
     an op enters two of them, forward and backward, so the switch itself is kept to a few microseconds).
@@ -761,7 +762,12 @@ def _threads(small, call):
             from dlcore.kernels.numba.matmul import between_numba_kernels
 
             return between_numba_kernels()
-        return _one(blas=True, numba=BLAS_OPS[op], step=True)
+        # A small product keeps the BLAS library's own threads (OpenBLAS runs products under ~2^18
+        # multiply-adds on one thread by itself): the Numba kernels around it are small too and run on the
+        # calling thread, so OpenBLAS's spinning worker holds the other core without taking it from anyone.
+        # MLP step 128x64-256-256-10 (bench/bench_train_step.py, 30 interleaved rounds, 2026-11-27): 2.51 ms
+        # with BLAS lowered to one thread, 2.06 ms without; torch 1.89.
+        return _one(blas=False, numba=BLAS_OPS[op], step=True)
     if not small:
         return _NO_SWITCH
     return _one(blas=False, numba=True)
