@@ -251,7 +251,9 @@ def bench_train_step(run_case, case, impl):
 
 # ------------------------------------------------------------------------------------------------ script
 def interleaved(case, reps=9, inner=None):
-    """Median ms per step of dlcore and torch, timed alternately in this process."""
+    """Median ms per step of dlcore and torch, timed alternately in this process, each turn after an idle gap."""
+    from bench.conftest import _IDLE_GAP_S
+
     inner = inner or (1 if case != "mlp" else 50)
     sides = {impl: make_case(case, impl) for impl in ("dlcore", "torch")}
     times = {impl: [] for impl in sides}
@@ -260,6 +262,7 @@ def interleaved(case, reps=9, inner=None):
             step(*data[i])
     for r in range(reps):
         for impl, (step, data) in sides.items():
+            time.sleep(_IDLE_GAP_S)  # the other side's BLAS workers spin down first (bench/conftest.py)
             t0 = time.perf_counter()
             for i in range(inner):
                 step(*data[(r + i) % len(data)])
