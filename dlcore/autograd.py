@@ -786,11 +786,14 @@ def apply_op(call, forward, backward, arrays, params):
     needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in arrays)
     record = is_grad_enabled() and any(needs)
     call.grad_needed = record
-    natives = [call.to_native(a) for a in arrays]
+    if call.numpy_data and call.native == "numpy":  # Tensors over NumPy arrays into NumPy kernels
+        natives = [a.data if isinstance(a, Tensor) else a for a in arrays]
+    else:
+        natives = [call.to_native(a) for a in arrays]
     small = _is_small(call, natives)
     with _threads(small, call):
         out, saved = forward(call, *natives, **params)
-    result = Tensor(call.from_native(out))
+    result = Tensor(out if type(out) is np.ndarray and call.kind == "numpy" else call.from_native(out))
     if record:
         small = small and getattr(out, "size", 0) < SERIAL_BELOW  # the gradient has the output's size
 

@@ -23,14 +23,28 @@ _ndarray = np.ndarray
 class Call:
     """One call of one op: the chosen backend and the conversions to and from its native arrays."""
 
-    __slots__ = ("op", "kind", "choice", "k", "native", "ns", "dtype", "grad_needed", "plain")
+    __slots__ = ("choice", "dtype", "grad_needed", "k", "kind", "native", "ns", "numpy_data", "op", "plain")
 
     def __init__(self, op: str, named_arrays: dict, backend: str | None = None):
         self.op = op
-        # plain: every array is a bare NumPy array (the common CPU case), so `apply` needs no conversions
-        self.plain = all(type(a) is _ndarray or a is None for a in named_arrays.values())
-        self.kind = "numpy" if self.plain and any(a is not None for a in named_arrays.values()) \
-            else _arrays.common_kind(named_arrays)
+        # plain: every array is a bare NumPy array (the common CPU case), so `apply` needs no conversions;
+        # numpy_data: every array is a NumPy array or a dlcore Tensor over one (a CPU training step). Both
+        # are found in one pass over the arguments (the general kind check costs several us per op).
+        plain = numpy_data = True
+        seen = False
+        for a in named_arrays.values():
+            if a is None:
+                continue
+            seen = True
+            t = type(a)
+            if t is _ndarray:
+                continue
+            plain = False
+            if not (getattr(t, "_is_dlcore_tensor", False) and type(a.data) is _ndarray):
+                numpy_data = False
+                break
+        self.plain, self.numpy_data = plain, numpy_data and seen
+        self.kind = "numpy" if self.numpy_data else _arrays.common_kind(named_arrays)
         self.choice = _dispatch.resolve(op, self.kind, backend)
         self.k = self.choice.module  # the kernel module: self.k.softmax_forward(...)
         self.native = self.choice.backend.native
@@ -52,7 +66,10 @@ class Call:
         for name, a in named.items():
             if a is None:
                 continue
-            dt = (self.plain and _arrays._DTYPE_NAMES.get(a.dtype)) or _arrays.dtype_name(a)
+            if self.numpy_data:
+                dt = _arrays._DTYPE_NAMES.get(a.dtype if type(a) is _ndarray else a.data.dtype) or _arrays.dtype_name(a)
+            else:
+                dt = _arrays.dtype_name(a)
             if dt not in allowed:
                 raise TypeError(
                     f"{self.op}: '{name}' must be a floating-point array ({' or '.join(allowed)} on the "
@@ -69,15 +86,20 @@ class Call:
         """Run ``forward`` on the native views of ``arrays``; wire up torch autograd when it is needed."""
         if self.plain and self.native == "numpy":  # NumPy in, NumPy kernels: nothing to convert or record
             return forward(self, *arrays, **params)[0]
-        if any(_arrays.is_dlcore_tensor(a) for a in arrays):
-            from dlcore.autograd import apply_op
-
-            return apply_op(self, forward, backward, arrays, params)
+        if (self.numpy_data and not self.plain) or any(_arrays.is_dlcore_tensor(a) for a in arrays):
+            return _apply_op()(self, forward, backward, arrays, params)
         if self.kind.startswith("torch") and _torch_needs_grad(arrays):
             self.grad_needed = True
             return _bridge().apply(self, forward, backward, params, *arrays)
         out, _ = forward(self, *(self.to_native(a) for a in arrays), **params)
         return self.from_native(out)
+
+
+@functools.cache
+def _apply_op():
+    from dlcore.autograd import apply_op  # imported on first use: dlcore.autograd imports dlcore.ops
+
+    return apply_op
 
 
 def _torch_needs_grad(arrays) -> bool:
