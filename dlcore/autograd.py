@@ -793,7 +793,7 @@ def apply_op(call, forward, backward, arrays, params):
     small = _is_small(call, natives)
     with _threads(small, call):
         out, saved = forward(call, *natives, **params)
-    result = Tensor(out if type(out) is np.ndarray and call.kind == "numpy" else call.from_native(out))
+    result = Tensor(call.from_native(out))
     if record:
         small = small and getattr(out, "size", 0) < SERIAL_BELOW  # the gradient has the output's size
 

@@ -31,7 +31,8 @@ def linear_act_backward(grad, x, weight, bias, saved, activation, need_input=Tru
 
     Args:
         grad: ``(N, O)`` upstream gradient; x, weight, bias: the forward inputs; saved: the forward's ``saved``
-            (None: the pre-activation is recomputed); need_input: False to skip grad_x (returned as None); activation: the forward's activation.
+            (None: the pre-activation is recomputed); activation: the forward's activation; need_input: False
+            to skip grad_x (returned as None, one GEMM fewer).
 
     Returns:
         ``(grad_x (N, K), grad_weight (O, K), grad_bias (O,) or None)``.

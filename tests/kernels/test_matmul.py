@@ -93,13 +93,13 @@ def test_backward_skips_gradients_not_needed(backend):
     np.testing.assert_array_equal(only_b[1], gb)
     np.testing.assert_array_equal(only_a[0], ga)
     x, w, up = rand((6, 4), seed=4), rand((5, 4), seed=5), rand((6, 5), seed=6)
-    gx, gw, gbias = mod.linear_backward(up, x, w, True)
+    _, gw, gbias = mod.linear_backward(up, x, w, True)
     nx, nw, nbias = mod.linear_backward(up, x, w, True, need_input=False)
     assert nx is None
     np.testing.assert_array_equal(nw, gw)
     np.testing.assert_array_equal(nbias, gbias)
     act = importlib.import_module(f"dlcore.kernels.{backend}.linear_act")
-    y, saved = act.linear_act_forward(x, w, rand(5, seed=7), "gelu", True)
+    _, saved = act.linear_act_forward(x, w, rand(5, seed=7), "gelu", True)
     full = act.linear_act_backward(up, x, w, rand(5, seed=7), saved, "gelu")
     part = act.linear_act_backward(up, x, w, rand(5, seed=7), saved, "gelu", need_input=False)
     assert part[0] is None

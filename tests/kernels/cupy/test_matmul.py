@@ -66,7 +66,7 @@ def test_backward_skips_gradients_not_needed(cp, K):
     np.testing.assert_array_equal(host(only_b), host(gb))
     np.testing.assert_array_equal(host(only_a), host(ga))
     x, w, up = (cp.array(rand(s, np.float32, seed=i)) for i, s in enumerate([(6, 4), (5, 4), (6, 5)]))
-    gx, gw, gbias = K.linear_backward(up, x, w, True)
+    _, gw, gbias = K.linear_backward(up, x, w, True)
     nx, nw, nbias = K.linear_backward(up, x, w, True, need_input=False)
     assert nx is None
     np.testing.assert_array_equal(host(nw), host(gw))

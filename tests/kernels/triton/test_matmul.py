@@ -98,7 +98,7 @@ def test_backward_skips_gradients_not_needed():
     assert none_a is None and none_b is None
     assert torch.equal(only_b, gb) and torch.equal(only_a, ga)
     x, w, up = trand((6, 4), torch.float32, 4), trand((5, 4), torch.float32, 5), trand((6, 5), torch.float32, 6)
-    gx, gw, gbias = tk.linear_backward(up, x, w, True)
+    _, gw, gbias = tk.linear_backward(up, x, w, True)
     nx, nw, nbias = tk.linear_backward(up, x, w, True, need_input=False)
     assert nx is None and torch.equal(nw, gw) and torch.equal(nbias, gbias)
 
