@@ -13,10 +13,15 @@ $(STAMP): pyproject.toml requirements/constraints-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints-dev.txt -e '.[dev]'
 	touch $(STAMP)
 
-## The whole suite: CPU backends vs torch, then every Triton kernel through TRITON_INTERPRET=1.
+## The whole suite: CPU backends vs torch, then every Triton kernel through TRITON_INTERPRET=1, then (on an
+## AVX-512 host) the Numba GEMM/attention tests at the AVX2 vector width (tests/numba_avx2_features.py).
 test: $(STAMP)
 	$(PYTEST) -q -m "not slow and not gpu" --ignore=tests/kernels/triton
 	TRITON_INTERPRET=1 $(PYTEST) -q -m "not slow and not gpu" tests/kernels/triton tests/dlcore/ops/test_triton_backend.py
+	@F="$$($(PY) -m tests.numba_avx2_features)"; if [ -n "$$F" ]; then \
+		echo "AVX-512 host: the Numba GEMM and attention kernel tests again at the AVX2 vector width"; \
+		NUMBA_CPU_FEATURES="$$F" $(PYTEST) -q -m "not slow and not gpu" tests/kernels/test_attention.py \
+			tests/kernels/test_matmul.py tests/kernels/test_linear_act.py; fi
 
 ## Quality runs of the task models (minutes).
 test-slow: $(STAMP)

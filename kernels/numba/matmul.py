@@ -21,8 +21,9 @@ Python thread is inside BLAS is not safe.
 
 :func:`gemm` is the own kernel (BLIS's loop structure on the attention kernels' micro-kernel):
 
-* B is packed one ``(KC, NC)`` panel at a time (KC = 256, NC = 2048) into NR-column micro-panels, each
-  contiguous per k (NR = 16 float32 / 8 float64 columns: two 256-bit vectors), zero-padded past N;
+* B is packed one ``(KC, NC)`` panel at a time (KC = 16 KiB / (NR * itemsize): 256 with AVX2, 128 with
+  AVX-512; NC = 2048) into NR-column micro-panels, each contiguous per k (NR = two vectors: 16 float32 / 8
+  float64 columns with AVX2, 32 / 16 when Numba compiles for AVX-512), zero-padded past N;
 * the C panel is cut into ``_MC x _NB`` (96 x 256) tasks run in parallel (``prange`` over all tasks, so
   short and wide products are parallel too); in a task, each B micro-panel (16 KiB, in L1) meets the
   task's A rows (in L2) one 6-row micro-tile at a time through `attention._mm_set` / `_mm_acc`: a 6 x 16
@@ -50,7 +51,7 @@ from numba import njit, prange
 from . import _blas_threads, _blocks
 from .attention import _LANES, _MR, _NV, _mm_acc, _mm_set
 
-_MICRO_PANEL_BYTES = 16 << 10  # one B micro-panel (KC x NR): 16 KiB, half of L1 -> KC = 256 (fp32 and fp64)
+_MICRO_PANEL_BYTES = 16 << 10  # one B micro-panel (KC x NR): 16 KiB, in L1 -> KC = 256 (AVX2) or 128 (AVX-512)
 _MC = 96  # rows of C per parallel task (a multiple of the micro-tile's _MR rows)
 _NB = 256  # columns of C per parallel task (a multiple of the micro-panel width NR)
 _NC = 2048  # columns of B per packed panel (KC x NC: 2 MiB of float32, in L3)

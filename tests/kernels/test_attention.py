@@ -381,9 +381,9 @@ def test_numba_peak_memory_linear_in_length():
     # operands, outputs and partial dQ; the workers' tiles are fixed-size) grows linearly in L = S.
     import tracemalloc
 
-    E = 16
+    E = 32  # a multiple of every panel width (16 float32 columns with AVX2, 32 with AVX-512): no padding
     peaks = {}
-    for L in (512, 2048):
+    for L in (1024, 4096):
         q, k, v = make_inputs((1, L, L, E, E), np.float32, 40)
         grad = rand((1, L, E), np.float32, 41)
         run("numba", q[:, :8], k[:, :8], v[:, :8], None, True, 0.25, grad[:, :8])  # compile outside the trace
@@ -393,7 +393,24 @@ def test_numba_peak_memory_linear_in_length():
             peaks[L] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    io_bytes = 2048 * E * 4  # one (L, E) float32 array
-    assert peaks[2048] < 40 * io_bytes, peaks  # O(L E): forward ~3, backward ~25 such arrays
-    assert peaks[2048] < 2048 * 2048 * 4 / 4, peaks  # far below one (L, S) float32 matrix
-    assert peaks[2048] / peaks[512] < 5.0, peaks  # 4x the length: ~4x the memory (16x if it were L*S)
+    io_bytes = 4096 * E * 4  # one (L, E) float32 array
+    assert peaks[4096] < 40 * io_bytes, peaks  # O(L E): forward ~3, backward ~25 such arrays
+    assert peaks[4096] < 4096 * 4096 * 4 / 4, peaks  # far below one (L, S) float32 matrix
+    assert peaks[4096] / peaks[1024] < 5.0, peaks  # 4x the length: ~4x the memory (16x if it were L*S)
+
+
+def test_vector_width_follows_the_features_numba_compiles_for():
+    # The micro-kernel's vector width sets the packed panel layouts, so it must come from the same feature
+    # string that keys Numba's cache (a cached AVX-512 kernel must never meet AVX2-width panels).
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    from tests.numba_avx2_features import avx2_features
+
+    A = importlib.import_module("dlcore.kernels.numba.attention")
+    features = str(config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()).split(",")
+    expected = 64 if "+avx512f" in features else 32
+    assert A._VECTOR_BYTES == expected
+    assert A._panel_width(np.float32) == expected // 2 and A._panel_width(np.float64) == expected // 4
+    off = avx2_features()  # what `make test` uses for its second, AVX2-width pass on AVX-512 hosts
+    assert off == "" if expected == 32 else ("+avx512" not in off and "-avx512f" in off.split(","))
