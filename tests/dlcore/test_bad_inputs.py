@@ -249,7 +249,10 @@ def test_gelu_at_large_magnitudes(backend, approximate):
     ref = F.gelu(xt, approximate=approximate)
     got = ops.gelu(ot, approximate=approximate, backend=backend)
     assert not np.isnan(got.detach().numpy()[:4]).any()
-    assert_close(got, ref)
+    # Values against torch's float64 GELU: torch 2.13's vectorised float32 erf-GELU returns NaN for +inf on
+    # AVX-512 CPUs (its scalar and float64 paths, and its AVX2 kernel, return inf = +inf * Phi(+inf)).
+    assert_close(got, F.gelu(xt.detach().double(), approximate=approximate).float())
+    assert got.detach().numpy()[5] == np.inf
     ref.backward(torch.ones_like(ref))
     got.backward(torch.ones_like(got))
     assert_close(ot.grad[:4], xt.grad[:4])
