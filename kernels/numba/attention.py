@@ -211,6 +211,13 @@ def _mm_acc(typingctx, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
 
 
 @intrinsic
+def _mm_set_at(typingctx, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
+    """C tile = A @ B with A stored transposed (A[r, k] at ``a_off + k*lda + r``)."""
+    sig = _micro_gemm_typer(c, a, b)
+    return (sig, _micro_gemm_codegen(False, True)) if sig is not None else None
+
+
+@intrinsic
 def _mm_acc_at(typingctx, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
     """C tile += A @ B with A stored transposed (A[r, k] at ``a_off + k*lda + r``)."""
     sig = _micro_gemm_typer(c, a, b)

@@ -5,7 +5,7 @@ import torch
 from dlcore.kernels.numba import _blas_threads as bt
 from dlcore.kernels.numba import matmul as nmm
 
-from tests._compare import assert_close, rand
+from tests._compare import TOL, assert_close, rand
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -47,11 +47,13 @@ def test_worker_errors_reach_the_caller():
 
 def test_blas_choice_inside_and_outside_an_autograd_step(monkeypatch):
     """A lone product uses plain OpenBLAS; inside an autograd step (between Numba kernels) a big one goes to
-    torch's MKL when torch is loaded, else to the split path; small ones stay plain either way."""
+    torch's MKL when torch is loaded, else to the split path; small ones stay plain either way. (On AVX-512
+    targets big 2-D products in a step go to the own gemm instead: the next test.)"""
     import sys
 
     import numba
 
+    monkeypatch.setattr(nmm, "OWN_GEMM_IN_STEP", False)
     calls = []
     real = bt.split_matmul
     monkeypatch.setattr(bt, "split_matmul", lambda *a: calls.append(a[3]) or real(*a))
@@ -76,3 +78,27 @@ def test_blas_choice_inside_and_outside_an_autograd_step(monkeypatch):
     assert_close(y, ref, rtol=1e-5, atol=1e-6)
     assert len(calls) == (1 if min(2, numba.config.NUMBA_NUM_THREADS) > 1 else 0)
     assert nmm.blas_for(a.shape, b.shape)[0] == "openblas"  # the mark is gone after the block
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_own_gemm_inside_a_step_where_enabled(monkeypatch, dtype):
+    """With OWN_GEMM_IN_STEP (set on AVX-512 targets) a big 2-D product inside a step runs on the own gemm,
+    transposed views (x @ W^T, grad^T @ x) included; batched and small products keep their BLAS."""
+    monkeypatch.setattr(nmm, "OWN_GEMM_IN_STEP", True)
+    monkeypatch.setattr(bt, "SPLIT_MIN_FLOPS", 2 * 40 * 30 * 20)
+    used = []
+    real = nmm.gemm
+    monkeypatch.setattr(nmm, "gemm", lambda *a: used.append(a[0].shape) or real(*a))
+    x, w, g = rand((41, 30), dtype, seed=7), rand((23, 30), dtype, seed=8), rand((41, 23), dtype, seed=9)
+    tol = TOL[np.dtype(dtype)]
+    with nmm.between_numba_kernels():
+        assert nmm.blas_for((41, 30), (30, 23))[0] == "gemm"
+        assert nmm.blas_for((2, 41, 30), (2, 30, 23))[0] != "gemm"  # batched: BLAS
+        assert nmm.blas_for((4, 30), (30, 23))[0] == "openblas"  # under the threshold
+        out = np.empty((41, 23), dtype)
+        assert nmm.blas_matmul(x, w.T, out=out) is out  # forward: W^T read through the packing's strides
+        assert_close(out, x.astype(np.float64) @ w.T.astype(np.float64), **tol)
+        assert_close(nmm.blas_matmul(g.T, x), g.T.astype(np.float64) @ x, **tol)  # grad^T read in place
+        assert_close(nmm.blas_matmul(g, w), g.astype(np.float64) @ w, **tol)
+    assert used == [(41, 30), (23, 41), (41, 23)]
+    assert nmm.blas_for((41, 30), (30, 23))[0] == "openblas"  # a lone product: plain OpenBLAS again

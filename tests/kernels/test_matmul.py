@@ -212,6 +212,21 @@ def test_gemm_out_noncontiguous_inputs_and_errors(dtype):
         _gemm()(square, square.copy(), out=square)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_transposed_views_read_in_place_give_the_same_bits(dtype):
+    """A^T stored row-major (grad^T in a weight gradient) goes through the transposed-A micro-kernel and W^T
+    through the packing's strides: the same k order per element, so the same bits as contiguous copies.
+    Odd sizes: edge tiles in both directions and several k panels."""
+    m, k, n = 97, 301, 75
+    a, b = rand((m, k), dtype, seed=11), rand((k, n), dtype, seed=12)
+    at, bt = np.ascontiguousarray(a.T).T, np.ascontiguousarray(b.T).T  # transposed views of row-major data
+    assert not at.flags.c_contiguous and not bt.flags.c_contiguous
+    contiguous = _gemm()(a, b)
+    assert_close(contiguous, torch.from_numpy(a) @ torch.from_numpy(b), **TOL[dtype])
+    for x, y in ((at, b), (a, bt), (at, bt)):
+        assert _gemm()(x, y).tobytes() == contiguous.tobytes()
+
+
 def test_gemm_nan_inf_propagate():
     """RELIABILITY 20: the fastmath flags used (reassoc, contract) keep NaN/inf semantics."""
     a, b = rand((6, 9)), rand((9, 7))
