@@ -264,7 +264,7 @@ def blas_for(shape_a, shape_b):
     if _mkl_wins(m, k, n) and "torch" in sys.modules:
         return "mkl", f"torch's MKL is faster than OpenBLAS for {m}x{k}x{n} (measured, bench/bench_matmul.py)"
     if _in_step() and _product_flops(shape_a, shape_b) >= _blas_threads.SPLIT_MIN_FLOPS:
-        if OWN_GEMM_IN_STEP and len(shape_a) == 2 and len(shape_b) == 2:
+        if OWN_GEMM_IN_STEP and len(shape_a) == 2 and len(shape_b) == 2 and m >= OWN_GEMM_MIN_ROWS:
             return "gemm", ("inside an autograd step on an AVX-512 target: dlcore's own gemm (512-bit micro-kernel, "
                             "Numba's threads, no spinning BLAS workers) took ~25% less GEMM time than torch's MKL "
                             "in the transformer LM step (OWN_GEMM_IN_STEP)")
@@ -283,6 +283,11 @@ def blas_for(shape_a, shape_b):
 # (~247 GFLOP/s) against 419-598 ms with torch's MKL (~190); the step 521-662 ms against 585-830 ms. With AVX2
 # the own gemm measured 0.69-0.96x of BLAS (module docstring), so MKL stays the in-step choice there.
 OWN_GEMM_IN_STEP = _VECTOR_BYTES == 64
+# ... and only for products of at least this many rows: with fewer, the own gemm's parallel tasks (96-row
+# blocks) are too few and each k-panel launch costs more than its work. Measured back to back against MKL
+# (x @ W^T, K x N in {256x1024, 1024x256, 4096x256, 4096x4096}; own speed / MKL's): M = 32 0.34-0.92,
+# M = 128 0.74-1.10, M = 256 0.98-1.54, M = 512 1.44-1.71, M = 4096 1.92-2.35.
+OWN_GEMM_MIN_ROWS = 256
 
 
 def _mkl_wins(m, k, n):

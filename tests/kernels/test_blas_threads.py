@@ -85,6 +85,7 @@ def test_own_gemm_inside_a_step_where_enabled(monkeypatch, dtype):
     """With OWN_GEMM_IN_STEP (set on AVX-512 targets) a big 2-D product inside a step runs on the own gemm,
     transposed views (x @ W^T, grad^T @ x) included; batched and small products keep their BLAS."""
     monkeypatch.setattr(nmm, "OWN_GEMM_IN_STEP", True)
+    monkeypatch.setattr(nmm, "OWN_GEMM_MIN_ROWS", 20)
     monkeypatch.setattr(bt, "SPLIT_MIN_FLOPS", 2 * 40 * 30 * 20)
     used = []
     real = nmm.gemm
@@ -95,6 +96,7 @@ def test_own_gemm_inside_a_step_where_enabled(monkeypatch, dtype):
         assert nmm.blas_for((41, 30), (30, 23))[0] == "gemm"
         assert nmm.blas_for((2, 41, 30), (2, 30, 23))[0] != "gemm"  # batched: BLAS
         assert nmm.blas_for((4, 30), (30, 23))[0] == "openblas"  # under the threshold
+        assert nmm.blas_for((19, 300), (300, 23))[0] == "mkl"  # too few rows for the own gemm's tasks
         out = np.empty((41, 23), dtype)
         assert nmm.blas_matmul(x, w.T, out=out) is out  # forward: W^T read through the packing's strides
         assert_close(out, x.astype(np.float64) @ w.T.astype(np.float64), **tol)
