@@ -8,14 +8,12 @@ share cached machine code.
 
     python -m tests.numba_avx2_features
 """
-from numba.core import config
-from numba.core.codegen import get_host_cpu_features
+from dlcore.kernels.numba.attention import numba_target_features
 
 
 def avx2_features() -> str:
     """The feature string Numba compiles for, AVX-512 switched off; '' when it has no AVX-512 to switch off."""
-    features = str(config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features())
-    flags = features.split(",")
+    flags = numba_target_features()
     if "+avx512f" not in flags:
         return ""
     return ",".join("-" + f[1:] if f.startswith("+avx512") else f for f in flags)

@@ -68,18 +68,22 @@ from numba.extending import intrinsic, overload
 from . import _blocks
 from ._attention_tasks import next_task, run_tasks
 
-def _vector_bytes():
-    """Bytes per SIMD register of the micro-kernel: 64 (AVX-512) when Numba compiles for a CPU with avx512f,
-    else 32 (AVX2).
 
-    Read from the feature string Numba compiles for (``NUMBA_CPU_FEATURES`` when set, else the host's), which
-    is also part of Numba's cache key: cached machine code always matches the panel width chosen here.
-    """
+def numba_target_features():
+    """The CPU feature flags Numba compiles for (``NUMBA_CPU_FEATURES`` when set, else the host's), as a list
+    like ``['+avx2', '-avx512f', ...]``. The same string is part of Numba's cache key."""
     from numba.core import config
     from numba.core.codegen import get_host_cpu_features
 
     features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
-    return 64 if "+avx512f" in str(features).split(",") else 32
+    return str(features).split(",")
+
+
+def _vector_bytes():
+    """Bytes per SIMD register of the micro-kernel: 64 (AVX-512) when Numba compiles for a CPU with avx512f,
+    else 32 (AVX2). Read from `numba_target_features`, which also keys Numba's cache: cached machine code
+    always matches the panel width chosen here."""
+    return 64 if "+avx512f" in numba_target_features() else 32
 
 
 # AVX-512 against AVX2 on a Zen 5 VM (2 cores, 2026-11-27, medians of 9 gapped rounds; AVX2 forced through

@@ -408,8 +408,9 @@ def test_vector_width_follows_the_features_numba_compiles_for():
     from tests.numba_avx2_features import avx2_features
 
     A = importlib.import_module("dlcore.kernels.numba.attention")
-    features = str(config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()).split(",")
-    expected = 64 if "+avx512f" in features else 32
+    features = str(config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features())
+    assert A.numba_target_features() == features.split(",")
+    expected = 64 if "+avx512f" in features.split(",") else 32
     assert A._VECTOR_BYTES == expected
     assert A._panel_width(np.float32) == expected // 2 and A._panel_width(np.float64) == expected // 4
     off = avx2_features()  # what `make test` uses for its second, AVX2-width pass on AVX-512 hosts
