@@ -1150,11 +1150,11 @@ def parse_args(argv):
                    help=f"where to write the Markdown table (default {os.path.relpath(DEFAULT_OUT, ROOT)}); "
                         "the pytest log goes beside it")
     p.add_argument("--skip-tests", action="store_true", help="skip step 1 (the gpu-marked pytest run)")
-    p.add_argument("--test-timeout", type=float, default=None, help="seconds for step 1 (default 180; --quick 90)")
+    p.add_argument("--test-timeout", type=float, default=None, help="seconds for step 1 (default 300; --quick 90)")
     p.add_argument("--only", default=None, metavar="REGEX",
                    help="benchmark only rows whose 'kernel backend shape' matches REGEX (e.g. 'attention|cupy')")
-    p.add_argument("--budget", type=float, default=330.0,
-                   help="seconds for the whole run: rows not started by then are listed as skipped (default 270)")
+    p.add_argument("--budget", type=float, default=450.0,
+                   help="seconds for the whole run: rows not started by then are listed as skipped (default 450)")
     p.add_argument("--smoke", action="store_true",
                    help="check this script without a GPU: tiny fp32 shapes on the CPU through TRITON_INTERPRET=1, "
                         "no tests, no file unless --out (numbers meaningless)")
@@ -1197,7 +1197,7 @@ def main(argv=None) -> int:
     if args.skip_tests:
         print("skipped (--skip-tests)" if not args.smoke else "skipped (--smoke)")
     else:
-        timeout = args.test_timeout or (90.0 if args.quick else 180.0)
+        timeout = args.test_timeout or (90.0 if args.quick else 300.0)
         tests = run_tests(timeout, log_path)
         print(tests.summary, flush=True)
         for f in tests.failures[:20]:
