@@ -30,8 +30,7 @@ def copy_bandwidth_gbs(n_bytes=512 << 20) -> float:
     return 2 * src.nbytes / t / 1e9
 
 
-def parallel_copy_bandwidth_gbs(n_bytes=512 << 20) -> float:
-    """The same copy split over all Numba threads (what a parallel kernel can reach)."""
+def _parallel_copy():
     import numba
 
     @numba.njit(parallel=True, cache=True)
@@ -39,10 +38,33 @@ def parallel_copy_bandwidth_gbs(n_bytes=512 << 20) -> float:
         for i in numba.prange(src.shape[0]):
             dst[i] = src[i]
 
+    return pcopy
+
+
+def parallel_copy_bandwidth_gbs(n_bytes=512 << 20) -> float:
+    """The same copy split over all Numba threads (what a parallel kernel can reach)."""
+    pcopy = _parallel_copy()
     src = np.random.default_rng(0).standard_normal(n_bytes // 8)
     dst = np.empty_like(src)
     t = _median_time(lambda: pcopy(dst, src))
     return 2 * src.nbytes / t / 1e9
+
+
+def copy_probe(bytes_moved: int):
+    """A callable that moves ``bytes_moved`` bytes (read + write counted) as a parallel copy.
+
+    A memory-bound benchmark row times it beside its kernel, round by round (bench/conftest.
+    interleaved_ratios): ``median(copy time) / median(kernel time)`` is then the kernel's share of the copy
+    bandwidth measured in the same minutes, at the same size, with the same thread count. The run-wide
+    probe above (512 MiB, measured once) swung from 40.5 to 49.8 GB/s between two runs on the project VM, a
+    20% swing in every share computed from it; the kernels' targets use this paired share.
+    """
+    pcopy = _parallel_copy()
+    n = max(1, bytes_moved // 16)  # float64 elements: n * 8 bytes read and n * 8 written
+    src = np.random.default_rng(0).standard_normal(n)
+    dst = np.empty_like(src)
+    pcopy(dst, src)  # compile (or load from the cache) and fault the pages in
+    return lambda: pcopy(dst, src)
 
 
 def matmul_peak_gflops(n=2048) -> dict:

@@ -33,8 +33,8 @@ def bench_layer_norm(run_case, backend):
     x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
     w = torch.from_numpy(rng.standard_normal(1024).astype(np.float32))
     b = torch.from_numpy(rng.standard_normal(1024).astype(np.float32))
-    torch_fn = lambda x_: F.layer_norm(x_, (1024,), w, b)  # noqa: E731
-    ours = lambda x_: dlcore.ops.layer_norm(x_, (1024,), w, b, backend=backend)  # noqa: E731
+    torch_fn = lambda x_: F.layer_norm(x_, (1024,), w, b)
+    ours = lambda x_: dlcore.ops.layer_norm(x_, (1024,), w, b, backend=backend)
     ref = _step(torch_fn, x)()
     run_case(_step(torch_fn if backend == "torch" else ours, x), expected=ref, op="layer_norm fwd+bwd", shape=shape,
              dtype=np.float32, backend=backend, bytes_moved=16 * x.numel(), rounds=5, tol=2e-3,
@@ -46,8 +46,8 @@ def bench_layer_norm(run_case, backend):
 def bench_gelu(run_case, backend, approximate):
     n = 1 << 24
     x = torch.from_numpy(np.random.default_rng(0).standard_normal(n).astype(np.float32))
-    torch_fn = lambda x_: F.gelu(x_, approximate=approximate)  # noqa: E731
-    ours = lambda x_: dlcore.ops.gelu(x_, approximate=approximate, backend=backend)  # noqa: E731
+    torch_fn = lambda x_: F.gelu(x_, approximate=approximate)
+    ours = lambda x_: dlcore.ops.gelu(x_, approximate=approximate, backend=backend)
     ref = _step(torch_fn, x)()
     run_case(_step(torch_fn if backend == "torch" else ours, x), expected=ref, op=f"gelu({approximate}) fwd+bwd",
              shape=(n,), dtype=np.float32, backend=backend, bytes_moved=16 * n, rounds=5, tol=1e-4,

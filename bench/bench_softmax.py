@@ -35,12 +35,12 @@ def bench_backward(run_case, name, backend):
         torch.ops.aten._log_softmax_backward_data(gt, y, -1, torch.float32)
     yn = y.numpy()
     aten = torch.ops.aten._softmax_backward_data if name == "softmax" else torch.ops.aten._log_softmax_backward_data
-    torch_fn = lambda: aten(gt, y, -1, torch.float32)  # noqa: E731
+    torch_fn = lambda: aten(gt, y, -1, torch.float32)
     if backend == "torch":
         fn = torch_fn
     else:
         bwd = getattr(dlcore.ops, name + "_backward")
-        fn = lambda: bwd(g, yn, backend=backend)  # noqa: E731
+        fn = lambda: bwd(g, yn, backend=backend)
     run_case(fn, expected=ref, op=f"{name} bwd", shape=(R, C), dtype=np.float32, backend=backend,
              bytes_moved=12 * R * C, rounds=3 if backend == "numpy" else 10,
              paired={"torch": torch_fn} if backend == "numba" else None)

@@ -8,7 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from bench._limits import machine_limits
+from bench._limits import copy_probe, machine_limits
+
+# The key under which a memory-bound row's paired share of copy bandwidth is stored (bench/targets.py reads it).
+PAIRED_COPY = "copy"
 
 _LIMITS = None
 
@@ -64,6 +67,8 @@ def run_case(benchmark, limits):
         else:
             result = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
         if paired:
+            if bytes_moved:  # a copy of the same bytes, timed in the same rounds: the share beside the kernel
+                paired = {**paired, PAIRED_COPY: copy_probe(bytes_moved)}
             benchmark.extra_info["paired"] = interleaved_ratios(fn, paired, rounds, setup)
         return result
 

@@ -154,21 +154,28 @@ def write_markdown(rows, machine, limits, rows_1t=None):
         "`measured`: for a speed ratio, dlcore and the reference timed back to back in one loop, alternating",
         "which goes first, each turn after 0.15 s idle (medians of 5-15 rounds, bench/conftest.interleaved_ratios), so the VM's drift",
         "over minutes hits both sides alike; `row medians`: the same ratio from the two rows of the table",
-        "below, each timed in its own block.",
+        "below, each timed in its own block. For a share of copy bandwidth, `measured` is a copy of the same",
+        "bytes timed in the same rounds (bench/_limits.copy_probe: median copy time / median kernel time) and",
+        "`row medians` the row's median against the run-wide copy probe above.",
         "",
         *markdown(verdicts),
         "",
         "## All rows",
         "",
-        "| op | shape | dtype | backend | median ms | IQR ms | floor ms | x torch | rate | share of limit |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "`share beside`: the share against a copy of the same bytes timed in the same rounds (memory-bound",
+        "dlcore rows with an interleaved measurement).",
+        "",
+        ("| op | shape | dtype | backend | median ms | IQR ms | floor ms | x torch | rate | share of limit | "
+         "share beside |"),
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         vs = f"{r['vs_torch']:.2f}" if r["vs_torch"] else "-"
+        beside = (r.get("paired") or {}).get("copy")
         lines.append(
             f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['backend']} | {r['median'] * 1e3:.2f} | "
             f"{r['iqr'] * 1e3:.2f} | {r['floor'] * 1e3:.2f} | {vs} | {r['rate']:.1f} {r['unit']} | "
-            f"{100 * r['share']:.0f}% |"
+            f"{100 * r['share']:.0f}% | {'-' if beside is None else f'{100 * beside:.0f}%'} |"
         )
     lines += ["", "![speed-up over torch](results.png)", ""]
     if rows_1t:

@@ -72,3 +72,32 @@ def test_interleaved_ratios_alternate_and_use_medians(monkeypatch):
     assert 5 * 2 <= calls.count("ours") - 1 <= 5 * 11 and 5 * 2 <= calls.count("ref") - 1 <= 5 * 5
     assert elapsed >= 10 * 0.01  # one idle gap before each of the 10 turns
     assert 1.5 < r["ref"] < 6
+
+
+def test_limit_share_beside_the_kernel_is_used_when_the_row_has_one():
+    """A memory-bound row timed beside a copy of its bytes (``paired['copy']`` = copy time / kernel time) is
+    judged on that share; the run-wide probe's share is shown as the row-medians figure."""
+    rows = [dict(_row("softmax fwd", "numba", 1.0, share=0.47), paired={"torch": 3.1, "copy": 0.71}),
+            _row("softmax fwd", "torch", 3.0), _row("log_softmax fwd", "numba", 1.0, share=0.65)]
+    v = evaluate(rows, [Target("softmax fwd", 0.6, "limit"), Target("log_softmax fwd", 0.6, "limit"),
+                        Target("softmax fwd", 3.0)])
+    assert [x["met"] for x in v] == [True, True, True]
+    assert abs(v[0]["measured"] - 0.71) < 1e-12 and abs(v[0]["blocks"] - 0.47) < 1e-12
+    assert abs(v[1]["measured"] - 0.65) < 1e-12  # no paired copy: the run-wide share decides
+    assert abs(v[2]["measured"] - 3.1) < 1e-12  # the copy side is not a reference of ratio targets
+    text = "\n".join(markdown(v))
+    assert "| 71% | 47% | yes |" in text and "| 65% | 65% | yes |" in text
+
+
+def test_copy_probe_moves_the_bytes_it_is_given():
+    """bench/_limits.copy_probe(n): a parallel copy of n / 2 bytes (n moved, read + write counted)."""
+    import numpy as np
+
+    from bench._limits import copy_probe
+
+    probe = copy_probe(16 * 1000)
+    cell = probe.__closure__  # the callable holds its two float64 arrays of 1000 elements
+    arrays = [c.cell_contents for c in cell if isinstance(c.cell_contents, np.ndarray)]
+    assert sorted(a.nbytes for a in arrays) == [8000, 8000]
+    probe()
+    assert np.array_equal(arrays[0], arrays[1])
