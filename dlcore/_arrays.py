@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dlcore import _pool
+
 KINDS = ("numpy", "torch_cpu", "torch_cuda", "cupy")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 CPU_FLOAT_DTYPES = ("float32", "float64")
@@ -257,12 +259,19 @@ class _TorchNS:
 _NAMESPACES: dict = {}
 
 
+class _NumpyNS(_NumpyLike):
+    """NumPy: large contiguous copies come from the recycled blocks of the Numba kernels (`dlcore._pool`)."""
+
+    def contiguous(self, a):
+        return _pool.contiguous(a)
+
+
 def namespace(native: str):
     """Array functions for a native kind: 'numpy', 'torch' or 'cupy'."""
     ns = _NAMESPACES.get(native)
     if ns is None:
         if native == "numpy":
-            ns = _NumpyLike(np)
+            ns = _NumpyNS(np)
         elif native == "cupy":
             import cupy
 

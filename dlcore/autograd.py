@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from dlcore import _arrays
+from dlcore import _arrays, _pool
 
 _grad_enabled: contextvars.ContextVar = contextvars.ContextVar("dlcore_grad_enabled", default=True)
 
@@ -51,7 +51,7 @@ def enable_grad():
 class Node:
     """How an output was made: its parent Tensors (None where no gradient flows) and the backward closure."""
 
-    __slots__ = ("parents", "backward", "name")
+    __slots__ = ("backward", "name", "parents")
 
     def __init__(self, parents, backward, name):
         self.parents = parents
@@ -111,6 +111,12 @@ class _NumpyMath:
         self.xp.add.at(z, tuple(where), g)  # accumulates where an index repeats along a line
         return z
 
+    def add(self, a, b):
+        return _pool.add(a, b) if self.xp is np else a + b
+
+    def reshape(self, a, shape):
+        return _pool.reshape(a, shape) if self.xp is np else a.reshape(shape)
+
     def __getattr__(self, name):  # exp, log, tanh, sqrt, where, abs, maximum, zeros_like, ...
         return getattr(self.xp, name)
 
@@ -150,6 +156,12 @@ class _TorchMath:
     def put_along_add(self, shape, like, idx, g, axis):
         z = self.xp.zeros(shape, dtype=like.dtype, device=like.device)
         return z.scatter_add_(axis, idx, g)
+
+    def add(self, a, b):
+        return a + b
+
+    def reshape(self, a, shape):
+        return a.reshape(shape)
 
     def __getattr__(self, name):
         return getattr(self.xp, name)
@@ -202,7 +214,7 @@ class Tensor:
 
     _is_dlcore_tensor = True
     __array_priority__ = 1000  # numpy_array + tensor -> Tensor.__radd__
-    __slots__ = ("data", "grad", "requires_grad", "_node", "__weakref__")
+    __slots__ = ("__weakref__", "_node", "data", "grad", "requires_grad")
 
     def __init__(self, data, requires_grad=False):
         if isinstance(data, Tensor):
@@ -575,7 +587,7 @@ def _sigmoid(m, a):
 
 
 RULES = {
-    "add": (lambda m, a, b: a + b, _unbroadcast(lambda m, g, o, a, b: (g, g))),
+    "add": (lambda m, a, b: m.add(a, b), _unbroadcast(lambda m, g, o, a, b: (g, g))),
     "sub": (lambda m, a, b: a - b, _unbroadcast(lambda m, g, o, a, b: (g, -g))),
     "mul": (lambda m, a, b: a * b, _unbroadcast(lambda m, g, o, a, b: (g * b, g * a))),
     "div": (lambda m, a, b: a / b, _unbroadcast(lambda m, g, o, a, b: (g / b, -g * a / (b * b)))),
@@ -595,7 +607,7 @@ RULES = {
     "max": (lambda m, a, axis, keepdims: m.amax(a, axis=axis, keepdims=keepdims),
             lambda m, g, o, a, axis, keepdims: (
                 _max_bwd(m, _reduce_bwd(m, g, a, axis, keepdims), _reduce_bwd(m, o, a, axis, keepdims), a, axis),)),
-    "reshape": (lambda m, a, shape: a.reshape(shape), lambda m, g, o, a, shape: (g.reshape(a.shape),)),
+    "reshape": (lambda m, a, shape: m.reshape(a, shape), lambda m, g, o, a, shape: (m.reshape(g, a.shape),)),
     "permute": (lambda m, a, axes: m.permute(a, axes), lambda m, g, o, a, axes: (m.permute(g, _inverse(axes)),)),
     "getitem": (lambda m, a, index: a[index], _getitem_bwd),
     "gather": (lambda m, a, axis, index: m.take_along(a, index, axis),

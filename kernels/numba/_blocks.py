@@ -1,16 +1,24 @@
-"""Recycled output buffers for the Numba kernels: the CPU counterpart of a GPU caching allocator.
+"""Recycled buffers for the Numba kernels: the CPU counterpart of a GPU caching allocator.
 
-A fresh large NumPy array costs its first-touch page faults: glibc serves it from a new ``mmap`` and the
-kernel faults every 4 KiB page in on first write. On the project machine (a VM) that is ~5 ms for 64 MiB,
-a third of a softmax over 4096x4096 floats and ~300 ms for a 524 MB cross-entropy gradient. In a
-training loop (or a benchmark) the previous call's output is freed just before the next one of the same
-size is needed, so large outputs are recycled: when every view of a block (NumPy, or torch through
-``torch.from_numpy``) is gone, `_Block.__del__` parks its memory on a small free list instead of returning
-it to the OS, and the next `empty` of that byte size takes it.
+A fresh large NumPy array costs its first-touch page faults: glibc serves it from a new ``mmap`` (or from
+heap pages it trimmed back to the OS after the previous step) and the kernel faults every 4 KiB page in on
+first write. On the project machine (a VM) that is ~5 ms for 64 MiB, a third of a softmax over 4096x4096
+floats and ~300 ms for a 524 MB cross-entropy gradient. In a training loop (or a benchmark) the previous
+call's output is freed just before the next one of the same size is needed, so large outputs and scratch
+arrays are recycled: when every view of a block (NumPy, or torch through ``torch.from_numpy``) is gone,
+`_Block.__del__` parks its memory on a free list (one per byte size) instead of returning it to the OS,
+and the next `empty` of that byte size takes it.
+
+Measured in the transformer-LM training step of bench/bench_train_step.py (2-core Zen 5 VM, 2026-11-27):
+with 32 MiB the smallest pooled size and 4 idle blocks at most, the step took ~40,000 minor page faults
+(~160 MB of first touches, 142 ms of system time per step); the attention backward's packed operands
+(7 x 4 MiB per call) alone were 18,000 of them. Pooling from 1 MiB with up to 256 idle blocks removes
+those (numbers in bench/NOTES.md).
 
 A recycled block is a fresh output to its caller (nobody else references it). Its old contents are there,
-so only kernels that write every element may use `empty` (as with ``np.empty``). Blocks are 64-byte
-aligned. Small arrays come from malloc's heap, which already reuses its pages, and are not pooled.
+so only kernels that write every element may use `empty` (as with ``np.empty``); `zeros` clears it.
+Blocks are 64-byte aligned. Small arrays come from malloc's heap (its small bins reuse their pages) and
+are not pooled. Idle memory is bounded (`MAX_IDLE` blocks, `MAX_IDLE_BYTES` in all); `drop_idle` returns it.
 """
 from __future__ import annotations
 
@@ -19,11 +27,12 @@ import threading
 
 import numpy as np
 
-MIN_BYTES = 32 << 20  # smaller arrays: plain np.empty
-MAX_IDLE = 4  # idle blocks kept at most (a softmax forward, its backward, an activation, a gradient)
+MIN_BYTES = 1 << 20  # smaller arrays: plain np.empty
+MAX_IDLE = 256  # idle blocks kept at most (a training step cycles through dozens of activation sizes)
 MAX_IDLE_BYTES = 1 << 30  # idle memory kept at most, all blocks together
 
-_free = []  # raw uint8 arrays, most recently freed last
+_free = {}  # byte size (of the raw block) -> raw uint8 arrays of that size, most recently freed last
+_idle = [0, 0]  # idle blocks, idle bytes (under _lock)
 _lock = threading.Lock()
 
 
@@ -43,9 +52,11 @@ class _Block:
         try:
             if _lock.acquire(blocking=False):
                 try:
-                    idle = sum(b.nbytes for b in _free)
-                    if len(_free) < MAX_IDLE and idle + self.raw.nbytes <= MAX_IDLE_BYTES:
-                        _free.append(self.raw)
+                    n = self.raw.nbytes
+                    if _idle[0] < MAX_IDLE and _idle[1] + n <= MAX_IDLE_BYTES:
+                        _free.setdefault(n, []).append(self.raw)
+                        _idle[0] += 1
+                        _idle[1] += n
                 finally:
                     _lock.release()
         except Exception:  # noqa: BLE001, S110 - interpreter shutdown: module globals may be gone; just drop it
@@ -68,10 +79,11 @@ def empty(shape, dtype) -> np.ndarray:
         return np.empty(shape, dtype)
     raw = None
     with _lock:
-        for k in range(len(_free) - 1, -1, -1):  # the most recently freed first: likeliest still in cache
-            if _free[k].nbytes == nbytes + 64:
-                raw = _free.pop(k)
-                break
+        same = _free.get(nbytes + 64)
+        if same:
+            raw = same.pop()  # the most recently freed first: likeliest still in cache
+            _idle[0] -= 1
+            _idle[1] -= raw.nbytes
     if raw is None:
         raw = np.empty(nbytes + 64, np.uint8)
     return np.asarray(_Block(raw, shape, dtype))
@@ -82,7 +94,21 @@ def empty_like(x) -> np.ndarray:
     return empty(x.shape, x.dtype)
 
 
+def zeros(shape, dtype) -> np.ndarray:
+    """`empty`, cleared: a zero-filled C-contiguous array (a recycled block is cleared in place, no faults)."""
+    out = empty(shape, dtype)
+    out.fill(0)
+    return out
+
+
+def idle() -> tuple:
+    """``(blocks, bytes)`` parked on the free lists now."""
+    with _lock:
+        return _idle[0], _idle[1]
+
+
 def drop_idle() -> None:
     """Return every idle block to the OS (benchmarks call this between shapes; tests, to start clean)."""
     with _lock:
         _free.clear()
+        _idle[0] = _idle[1] = 0

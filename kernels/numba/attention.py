@@ -783,8 +783,8 @@ def attention_forward(q, k, v, mask, is_causal, scale):
     nr = _panel_width(dt)
     Sp, Ep, Evp = _ceil(S, BLOCK_N), _ceil(E, nr), _ceil(Ev, nr)
     nkt = Sp // BLOCK_N
-    kt = np.empty((B, Sp // nr, Ep, nr), dt)  # packed in parallel: no serial NumPy pass over q, k or v
-    vpk = np.empty((B, Evp // nr, Sp, nr), dt)
+    kt = _blocks.empty((B, Sp // nr, Ep, nr), dt)  # packed in parallel: no serial NumPy pass over q, k or v
+    vpk = _blocks.empty((B, Evp // nr, Sp, nr), dt)  # (recycled scratch: no page faults in a training loop)
     vbad = np.empty((B, nkt), np.uint8)
     k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
     run_tasks(_fwd_pack_worker, B * nkt, k, v, kt, vpk, vbad)
@@ -816,9 +816,10 @@ def attention_backward(grad_out, q, k, v, out, lse, mask, is_causal, scale):
     B, L, E = q.shape
     S, Ev = k.shape[1], v.shape[2]
     dt = q.dtype
-    gq, gk, gv = np.zeros((B, L, E), dt), np.zeros((B, S, E), dt), np.zeros((B, S, Ev), dt)
     if B == 0 or L == 0 or S == 0:
-        return gq, gk, gv
+        return np.zeros((B, L, E), dt), np.zeros((B, S, E), dt), np.zeros((B, S, Ev), dt)
+    # every row of dK and dV is written by the task that owns its key block (zeros where no query sees it)
+    gk, gv = _blocks.empty((B, S, E), dt), _blocks.empty((B, S, Ev), dt)
     nr = _panel_width(dt)
     Lp, Sp, Ep, Evp = _ceil(L, BWD_BLOCK_M), _ceil(S, BWD_BLOCK_N), _ceil(E, nr), _ceil(Ev, nr)
     sc = dt.type(scale)
@@ -827,13 +828,19 @@ def attention_backward(grad_out, q, k, v, out, lse, mask, is_causal, scale):
     bm, fm, msb, msl, mss, mode = _mask_args(mask, dt)
     q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
     grad_out, out, lse = np.ascontiguousarray(grad_out), np.ascontiguousarray(out), np.ascontiguousarray(lse)
-    ops = (np.empty((B, Sp, Ep), dt), np.empty((B, Lp // nr, Ep, nr), dt), np.empty((B, Evp // nr, Lp, nr), dt),
-           np.empty((B, Sp, Evp), dt), np.empty((B, Lp // nr, Evp, nr), dt), np.empty((B, Ep // nr, Lp, nr), dt),
-           np.empty((B, Ep // nr, Sp, nr), dt), np.empty((B, nkb), np.uint8), np.empty((B, Lp), dt),
+    scratch = _blocks.empty  # recycled between calls: 7 packed copies of the operands, no page faults
+    ops = (scratch((B, Sp, Ep), dt), scratch((B, Lp // nr, Ep, nr), dt), scratch((B, Evp // nr, Lp, nr), dt),
+           scratch((B, Sp, Evp), dt), scratch((B, Lp // nr, Evp, nr), dt), scratch((B, Ep // nr, Lp, nr), dt),
+           scratch((B, Ep // nr, Sp, nr), dt), np.empty((B, nkb), np.uint8), np.empty((B, Lp), dt),
            np.empty((B, Lp), dt))  # kp, qtk, dok, vp, dotk, qsk, kpk, kbad, lse_use, dsum: packed in parallel
     run_tasks(_bwd_pack_worker, B * (Lp // BWD_BLOCK_M + nkb), q, k, v, grad_out, out, lse, sc, *ops)
-    dq_part = np.zeros((B, ngroup, Lp, Ep), dt)
+    dq_part = _blocks.zeros((B, ngroup, Lp, Ep), dt)
     run_tasks(_bwd_worker, B * ngroup, *ops[:7], k, *ops[7:], bm, fm, msb, msl, mss, mode, bool(is_causal),
               L, S, ngroup, gk, gv, dq_part)
-    gq[...] = dq_part[:, :, :L, :E].sum(axis=1) * sc  # partial dQs added in group order: reproducible
+    gq = _blocks.empty((B, L, E), dt)
+    if ngroup == 1:  # dQ = dq_part * scale, one pass
+        np.multiply(dq_part[:, 0, :L, :E], sc, out=gq)
+    else:  # partial dQs added in group order (reproducible), then scaled: the same roundings as sum(...) * sc
+        np.sum(dq_part[:, :, :L, :E], axis=1, out=gq)
+        gq *= sc
     return gq, gk, gv

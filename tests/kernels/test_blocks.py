@@ -50,13 +50,14 @@ def test_idle_pool_is_bounded(monkeypatch):
     arrays = [_blocks.empty(_big(), np.float32) for _ in range(4)]
     del arrays
     gc.collect()
-    assert len(_blocks._free) == 2
-    monkeypatch.setattr(_blocks, "MAX_IDLE_BYTES", _blocks._free[0].nbytes)
+    blocks, nbytes = _blocks.idle()
+    assert blocks == 2
+    monkeypatch.setattr(_blocks, "MAX_IDLE_BYTES", nbytes // 2)
     _blocks.drop_idle()
     arrays = [_blocks.empty(_big(), np.float32) for _ in range(3)]
     del arrays
     gc.collect()
-    assert len(_blocks._free) == 1
+    assert _blocks.idle()[0] == 1
 
 
 def test_stale_contents_never_show_in_a_kernel_output():
@@ -69,3 +70,18 @@ def test_stale_contents_never_show_in_a_kernel_output():
     gc.collect()
     again = nsm.softmax_forward(x)
     assert np.array_equal(again, fresh)
+
+
+def test_each_size_has_its_own_free_list_and_zeros_clears_a_recycled_block():
+    a = _blocks.empty(_big(), np.float32)
+    b = _blocks.empty((_big()[0] + 1, 1024), np.float32)
+    a_addr, b_addr = a.ctypes.data, b.ctypes.data
+    a.fill(np.nan)
+    del a, b
+    gc.collect()
+    assert _blocks.idle()[0] == 2
+    c = _blocks.zeros((_big()[0] + 1, 1024), np.float32)  # b's size: b's block, whatever was freed last
+    assert c.ctypes.data == b_addr and not c.any()
+    d = _blocks.zeros(_big(), np.float32)
+    assert d.ctypes.data == a_addr and not d.any()  # the NaNs left in a's block are gone
+    assert _blocks.idle() == (0, 0)
