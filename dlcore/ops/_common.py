@@ -85,7 +85,11 @@ class Call:
     def apply(self, forward, backward, arrays: tuple, **params):
         """Run ``forward`` on the native views of ``arrays``; wire up torch autograd when it is needed."""
         if self.plain and self.native == "numpy":  # NumPy in, NumPy kernels: nothing to convert or record
-            return forward(self, *arrays, **params)[0]
+            threads = _small_op_threads()(self, arrays)
+            if threads is None:
+                return forward(self, *arrays, **params)[0]
+            with threads:
+                return forward(self, *arrays, **params)[0]
         if (self.numpy_data and not self.plain) or any(_arrays.is_dlcore_tensor(a) for a in arrays):
             return _apply_op()(self, forward, backward, arrays, params)
         if self.kind.startswith("torch") and _torch_needs_grad(arrays):
@@ -100,6 +104,13 @@ def _apply_op():
     from dlcore.autograd import apply_op  # imported on first use: dlcore.autograd imports dlcore.ops
 
     return apply_op
+
+
+@functools.cache
+def _small_op_threads():
+    from dlcore.autograd import small_op_threads  # imported on first use, as _apply_op
+
+    return small_op_threads
 
 
 def _torch_needs_grad(arrays) -> bool:

@@ -10,7 +10,8 @@ block while it is in cache. Measured 0.35x (128-row blocks) and 0.65x (512-row b
 for 4096x1024x4096 fp32 (shared 2-core machine, interleaved medians), because every BLAS call re-packs all
 of W (16 MiB) and wakes its thread pool again; the DRAM pass the blocking would save costs far less.
 
-The epilogue is one parallel pass over the rows (``prange``): bias added into the row, the row copied to
+The epilogue is one parallel pass over the rows (``prange``; on the calling thread below `SERIAL_BELOW`
+outputs): bias added into the row, the row copied to
 ``saved`` when a gradient is wanted, then the activation in place with the vectorised row loops of
 `activations.py` (no fastmath, NaN/inf as torch). Rows are independent and every element's arithmetic is
 fixed, so results never depend on Numba's thread count (the GEMM's depend only on BLAS).
@@ -80,37 +81,72 @@ def _silu_row(row):
         row[j] = v * vm.sigmoid(v)
 
 
+@numba.njit(cache=True)
+def _epilogue_row(y, i, bias, saved, code, has_bias, save):
+    row = y[i]
+    if has_bias:
+        _add_row(row, bias)
+    if save:
+        _copy_row(row, saved[i])
+    if code == 0:
+        _gelu_erf_row(row)
+    elif code == 1:
+        _gelu_tanh_row(row)
+    elif code == 2:
+        _relu_row(row)
+    elif code == 3:
+        _silu_row(row)
+
+
 @numba.njit(parallel=True, cache=True)
 def _epilogue_kernel(y, bias, saved, code, has_bias, save):
     """y[i] = act(y[i] + bias) in place for every row; saved[i] = the pre-activation when ``save``."""
     for i in numba.prange(y.shape[0]):
-        row = y[i]
-        if has_bias:
-            _add_row(row, bias)
-        if save:
-            _copy_row(row, saved[i])
-        if code == 0:
-            _gelu_erf_row(row)
-        elif code == 1:
-            _gelu_tanh_row(row)
-        elif code == 2:
-            _relu_row(row)
-        elif code == 3:
-            _silu_row(row)
+        _epilogue_row(y, i, bias, saved, code, has_bias, save)
+
+
+@numba.njit(cache=True)
+def _epilogue_serial(y, bias, saved, code, has_bias, save):
+    """`_epilogue_kernel` on the calling thread (small outputs)."""
+    for i in range(y.shape[0]):
+        _epilogue_row(y, i, bias, saved, code, has_bias, save)
+
+
+@numba.njit(cache=True)
+def _grad_pre_row(saved, grad, out, i, code):
+    if code == 0:
+        _act._gelu_erf_bwd_block(saved[i], grad[i], out[i])
+    elif code == 1:
+        _act._gelu_tanh_bwd_block(saved[i], grad[i], out[i])
+    elif code == 2:
+        _act._relu_bwd_block(saved[i], grad[i], out[i])
+    else:
+        _act._silu_bwd_block(saved[i], grad[i], out[i])
 
 
 @numba.njit(parallel=True, cache=True)
 def _grad_pre_kernel(saved, grad, out, code):
     """out[i] = grad[i] * act'(saved[i]) for every row (saved: pre-activation, or y for relu)."""
     for i in numba.prange(saved.shape[0]):
-        if code == 0:
-            _act._gelu_erf_bwd_block(saved[i], grad[i], out[i])
-        elif code == 1:
-            _act._gelu_tanh_bwd_block(saved[i], grad[i], out[i])
-        elif code == 2:
-            _act._relu_bwd_block(saved[i], grad[i], out[i])
-        else:
-            _act._silu_bwd_block(saved[i], grad[i], out[i])
+        _grad_pre_row(saved, grad, out, i, code)
+
+
+@numba.njit(cache=True)
+def _grad_pre_serial(saved, grad, out, code):
+    """`_grad_pre_kernel` on the calling thread (small outputs)."""
+    for i in range(saved.shape[0]):
+        _grad_pre_row(saved, grad, out, i, code)
+
+
+# Outputs with fewer elements run the epilogue (and the backward's act' pass) on the calling thread. Right
+# after a multi-threaded OpenBLAS call, whose worker spins on the other core for ~0.1 s, a parallel Numba pass waits
+# for that core: a lone ``linear_act`` of 128x256 -> 256 (32K outputs) took 8.0 ms instead of ~0.1 ms
+# (2-core Zen 5 VM, 2026-11-27). The pass itself is a few microseconds at this size.
+SERIAL_BELOW = 1 << 17
+
+
+def _epilogue(y, b, s, code, has_bias, keep):
+    (_epilogue_serial if y.size < SERIAL_BELOW else _epilogue_kernel)(y, b, s, code, has_bias, keep)
 
 
 def _code(activation):
@@ -146,9 +182,13 @@ def linear_act_forward(x, weight, bias, activation, save):
     has_bias = bias is not None
     b = bias if has_bias else np.empty(0, x.dtype)
     s = saved if keep else np.empty((0, 0), x.dtype)
-    _mm.blas_matmul(x, weight.T, out=y)  # weight.T is a view: BLAS reads it transposed, no copy
+    # weight.T is a view: BLAS reads it transposed, no copy. The product is marked as followed by a Numba
+    # kernel, so a large one does not run on OpenBLAS's spinning workers (matmul.between_numba_kernels):
+    # lone 1024^3 relu took 20.0 ms that way against 9.3 ms for the GEMM alone
+    with _mm.between_numba_kernels():
+        _mm.blas_matmul(x, weight.T, out=y)
     if code != 4 or has_bias:
-        _epilogue_kernel(y, b, s, code, has_bias, keep)
+        _epilogue(y, b, s, code, has_bias, keep)
     return y, (y if save and activation == "relu" else saved)
 
 
@@ -177,10 +217,10 @@ def linear_act_backward(grad, x, weight, bias, saved, activation, need_input=Tru
         if saved is None:
             saved, _ = linear_act_forward(x, weight, bias, "none", False)
             if code == 2:
-                _epilogue_kernel(saved, np.empty(0, x.dtype), np.empty((0, 0), x.dtype), 2, False, False)
+                _epilogue(saved, np.empty(0, x.dtype), np.empty((0, 0), x.dtype), 2, False, False)
         g_pre = _blocks.empty_like(grad)
         if grad.size:
-            _grad_pre_kernel(saved, grad, g_pre, code)
+            (_grad_pre_serial if grad.size < SERIAL_BELOW else _grad_pre_kernel)(saved, grad, g_pre, code)
     return _mm.linear_backward(g_pre, x, weight, bias is not None, need_input=need_input)
 
 

@@ -72,3 +72,24 @@ def test_results_do_not_depend_on_the_thread_count(restore_threads, op):
     assert np.asarray(many).tobytes() == np.asarray(again).tobytes(), f"{op}: same input, same threads, different bits"
     # float32 reductions may regroup with the thread count: equal within rounding, nothing more
     assert_close(one, many, rtol=1e-6, atol=1e-7, msg=f"{op}: 1 thread vs {numba.config.NUMBA_NUM_THREADS}")
+
+
+def test_small_plain_numpy_ops_run_their_numba_kernels_on_one_thread(restore_threads, monkeypatch):
+    """A small non-BLAS op called on NumPy arrays (no autograd) runs its kernel on the calling thread, as
+    autograd does for small ops; a large one keeps the pool (dlcore.autograd.small_op_threads)."""
+    from dlcore.kernels.numba import activations as na
+
+    n = min(2, numba.config.NUMBA_NUM_THREADS)  # 2 where the machine allows it
+    dlcore.set_num_threads(n)
+    seen = []
+    real = na._launch
+
+    def spy(kernel, x, *inputs):
+        seen.append(numba.get_num_threads())
+        return real(kernel, x, *inputs)
+
+    monkeypatch.setattr(na, "_launch", spy)
+    small, big = rand((128, 256), np.float32, seed=1), rand((1024, 256), np.float32, seed=2)
+    assert_close(dlcore.ops.relu(small), np.maximum(small, 0))
+    assert_close(dlcore.ops.relu(big), np.maximum(big, 0))
+    assert seen == [1, n] and numba.get_num_threads() == n

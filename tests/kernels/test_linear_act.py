@@ -161,3 +161,44 @@ def test_op_checks_arguments():
 def test_explain_names_the_fused_kernel():
     text = str(dlcore.explain("linear_act", rand((3, 4), np.float32), rand((5, 4), np.float32)))
     assert "linear_act_forward" in text and "activation" in text
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_serial_and_parallel_epilogues_give_the_same_bits(act, dtype):
+    """Small outputs run the epilogue and the backward's act' pass on the calling thread (`SERIAL_BELOW`):
+    the serial and parallel kernels compute every element alike."""
+    mod = _mod("numba")
+    code = mod._CODES[act]
+    y = rand((37, 129), dtype, seed=21) * 3
+    bias, g = rand((129,), dtype, seed=22), rand((37, 129), dtype, seed=23)
+    outs = []
+    for kernel in (mod._epilogue_serial, mod._epilogue_kernel):
+        yy, saved = y.copy(), np.empty_like(y)
+        kernel(yy, bias, saved, code, True, True)
+        outs.append((yy, saved))
+    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+    if act != "none":
+        a, b = np.empty_like(g), np.empty_like(g)
+        mod._grad_pre_serial(y, g, a, code)
+        mod._grad_pre_kernel(y, g, b, code)
+        assert np.array_equal(a, b)
+
+
+def test_numba_large_product_is_marked_as_followed_by_a_numba_kernel(monkeypatch):
+    """The forward's GEMM runs inside `between_numba_kernels` (no spinning OpenBLAS workers before the
+    parallel epilogue): blas_for sees the in-step policy."""
+    from dlcore.kernels.numba import matmul as mm
+
+    seen = []
+    real = mm.blas_matmul
+
+    def spy(a, b, out=None):
+        seen.append(mm._in_step())
+        return real(a, b, out)
+
+    monkeypatch.setattr(mm, "blas_matmul", spy)
+    x, w = rand((300, 65), np.float32, seed=24), rand((1100, 65), np.float32, seed=25)
+    y, _ = _mod("numba").linear_act_forward(x, w, None, "relu", False)
+    assert seen == [True] and not mm._in_step()
+    assert_close(y, np.maximum(x @ w.T, 0), rtol=1e-4, atol=1e-4)

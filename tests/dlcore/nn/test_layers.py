@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import dlcore
-from dlcore import Tensor, nn
-from tests._compare import assert_close
+from dlcore import Tensor, nn, ops
+from tests._compare import assert_close, rand
 
 rng = np.random.default_rng(0)
 F32 = dict(rtol=2e-5, atol=2e-5)
@@ -166,3 +166,40 @@ def test_default_init_matches_torch_distribution():
     assert w.min() >= -bound and w.max() <= bound and abs(w.std() - bound / np.sqrt(3)) < 2e-3
     e = nn.Embedding(1000, 64).weight.data
     assert abs(e.std() - 1) < 0.02
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU()],
+                         ids=["relu", "gelu", "gelu_tanh", "silu"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7, 13), (3, 5, 13)])
+def test_sequential_fuses_linear_and_activation_with_the_unfused_numbers(act, dtype, shape):
+    """Sequential runs Linear + ReLU/GELU/SiLU as one linear_act call: outputs and every gradient match the
+    modules applied one by one (also through a 3-D input and a bias-free layer)."""
+    m = nn.Sequential(nn.Linear(13, 33, dtype=dtype), act, nn.Linear(33, 4, bias=False, dtype=dtype), act)
+    x_np = rand(shape, dtype, seed=11)
+    fused_x = dlcore.Tensor(x_np.copy(), requires_grad=True)
+    y = m(fused_x)
+    (y * y).sum().backward()
+    fused = [fused_x.grad] + [p.grad.copy() for p in m.parameters()]
+    m.zero_grad()
+    plain_x = dlcore.Tensor(x_np.copy(), requires_grad=True)
+    h = plain_x
+    for layer in m:
+        h = layer(h)
+    (h * h).sum().backward()
+    plain = [plain_x.grad] + [p.grad for p in m.parameters()]
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(y.data, h.data, rtol=tol, atol=tol)
+    for a, b in zip(fused, plain):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_sequential_does_not_fuse_a_subclass_with_its_own_forward():
+    class Shifted(nn.ReLU):
+        def forward(self, x):
+            return ops.relu(x) + 1.0
+
+    m = nn.Sequential(nn.Linear(4, 3), Shifted())
+    x = rand((2, 4), np.float32, seed=12)
+    expected = np.maximum(x @ m[0].weight.data.T + m[0].bias.data, 0) + 1
+    np.testing.assert_allclose(m(dlcore.Tensor(x)).data, expected, rtol=1e-6, atol=1e-6)
