@@ -24,6 +24,8 @@ backward recomputes it. Backward: ``g_pre = grad * act'(saved)`` in one parallel
 Floor: 2*N*O*K flops at the BLAS's speed, plus one read+write of the ``(N, O)`` output for the epilogue
 (4096x1024x4096 fp32: 34.4 GFLOP and 128 MiB).
 """
+import contextlib
+
 import numba
 import numpy as np
 
@@ -34,6 +36,7 @@ from . import activations as _act
 from . import matmul as _mm
 
 ACTIVATIONS = _composed.ACTIVATIONS
+_NO_CONTEXT = contextlib.nullcontext()
 _CODES = {name: i for i, name in enumerate(ACTIVATIONS)}
 
 
@@ -182,10 +185,12 @@ def linear_act_forward(x, weight, bias, activation, save):
     has_bias = bias is not None
     b = bias if has_bias else np.empty(0, x.dtype)
     s = saved if keep else np.empty((0, 0), x.dtype)
-    # weight.T is a view: BLAS reads it transposed, no copy. The product is marked as followed by a Numba
-    # kernel, so a large one does not run on OpenBLAS's spinning workers (matmul.between_numba_kernels):
-    # lone 1024^3 relu took 20.0 ms that way against 9.3 ms for the GEMM alone
-    with _mm.between_numba_kernels():
+    # weight.T is a view: BLAS reads it transposed, no copy. Where the own gemm is the in-step GEMM (AVX-512),
+    # the product is marked as followed by a Numba kernel, so a large one runs there instead of on OpenBLAS,
+    # whose spinning workers stall the parallel epilogue: lone 1024^3 relu took 20.0 ms that way against
+    # 9.3 ms for the GEMM alone, and 6.0 ms now. With AVX2 the in-step GEMM would be MKL, slower than
+    # OpenBLAS here by more than the stall (matmul module docstring), so OpenBLAS stays.
+    with _mm.between_numba_kernels() if _mm.OWN_GEMM_IN_STEP else _NO_CONTEXT:
         _mm.blas_matmul(x, weight.T, out=y)
     if code != 4 or has_bias:
         _epilogue(y, b, s, code, has_bias, keep)

@@ -186,8 +186,8 @@ def test_numba_serial_and_parallel_epilogues_give_the_same_bits(act, dtype):
 
 
 def test_numba_large_product_is_marked_as_followed_by_a_numba_kernel(monkeypatch):
-    """The forward's GEMM runs inside `between_numba_kernels` (no spinning OpenBLAS workers before the
-    parallel epilogue): blas_for sees the in-step policy."""
+    """Where the own gemm is the in-step GEMM (AVX-512 targets), the forward's GEMM runs inside
+    `between_numba_kernels` (no spinning OpenBLAS workers before the parallel epilogue); elsewhere OpenBLAS."""
     from dlcore.kernels.numba import matmul as mm
 
     seen = []
@@ -200,5 +200,5 @@ def test_numba_large_product_is_marked_as_followed_by_a_numba_kernel(monkeypatch
     monkeypatch.setattr(mm, "blas_matmul", spy)
     x, w = rand((300, 65), np.float32, seed=24), rand((1100, 65), np.float32, seed=25)
     y, _ = _mod("numba").linear_act_forward(x, w, None, "relu", False)
-    assert seen == [True] and not mm._in_step()
+    assert seen == [mm.OWN_GEMM_IN_STEP] and not mm._in_step()
     assert_close(y, np.maximum(x @ w.T, 0), rtol=1e-4, atol=1e-4)
