@@ -290,9 +290,15 @@ def blas_for(shape_a, shape_b):
     Returns:
         ``(name, reason)``: name is ``'openblas'`` (``np.matmul``), ``'openblas-split'`` (row blocks over
         dlcore's threads, `_blas_threads`), ``'mkl'`` (``torch.matmul``) or ``'gemm'`` (dlcore's own
-        :func:`gemm`, inside autograd steps on AVX-512 targets: `OWN_GEMM_IN_STEP`).
+        :func:`gemm` on AVX-512 targets: inside autograd steps, `OWN_GEMM_IN_STEP`, and for large lone
+        products, `LONE_GEMM_MIN`).
     """
     m, k, n = shape_a[-2], shape_a[-1], shape_b[-1]
+    if (not _in_step() and OWN_GEMM_IN_STEP and _one_product(shape_a, shape_b)
+            and m >= LONE_GEMM_MIN[0] and k >= LONE_GEMM_MIN[1] and n >= LONE_GEMM_MIN[2]):
+        return "gemm", (f"dlcore's own gemm (512-bit micro-kernel, AVX-512 target): 1.2-1.9x OpenBLAS on lone "
+                        f"products of {LONE_GEMM_MIN[0]}+ rows, {LONE_GEMM_MIN[1]}+ deep, {LONE_GEMM_MIN[2]}+ "
+                        "columns (measured, LONE_GEMM_MIN)")
     if _mkl_wins(m, k, n) and "torch" in sys.modules:
         return "mkl", f"torch's MKL is faster than OpenBLAS for {m}x{k}x{n} (measured, bench/bench_matmul.py)"
     if _in_step() and _product_flops(shape_a, shape_b) >= _blas_threads.SPLIT_MIN_FLOPS:
@@ -322,6 +328,23 @@ OWN_GEMM_IN_STEP = _VECTOR_BYTES == 64
 OWN_GEMM_MIN_ROWS = 256
 
 
+# Lone products (outside autograd steps) of at least these (rows, depth, columns) run on the own gemm where Numba
+# compiles for AVX-512. Measured against np.matmul (OpenBLAS, the faster BLAS here), each call after 0.15 s idle,
+# medians of 5 x 3 (2-core Zen 5 VM, 2026-11-27), own time / OpenBLAS time as speed-ups, a @ b | x @ W^T:
+# 1024^3 1.43 | 1.19, 1024x2048x1024 1.56 | 1.39, 1536^3 1.69-1.79 | 1.48-1.53, 2048^3 1.64 | 1.51,
+# 2047x1023x2049 1.57 | 1.44, 2048x512x2048 1.55 | 1.43, 2048x4096x512 1.70 | 1.54, 4096x256x4096 1.93 | 1.64,
+# 8192x1024x1024 1.73 | 1.74, 4096^3 1.63 | 1.57. Left on OpenBLAS: 1024x1024x512 (1.07 | 1.32) and
+# 4096x64x4096 (0.96 | 2.03), mixed; fewer rows (0.15-0.9x at 32-512 rows, see OWN_GEMM_MIN_ROWS).
+LONE_GEMM_MIN = (1024, 256, 1024)
+
+
+def _one_product(shape_a, shape_b) -> bool:
+    """Whether ``a @ b`` is one 2-D product: 2-D operands, or 3-D with a single batch entry each."""
+    if len(shape_a) == 2 and len(shape_b) == 2:
+        return True
+    return len(shape_a) == 3 and len(shape_b) == 3 and shape_a[0] == 1 and shape_b[0] == 1
+
+
 def _mkl_wins(m, k, n):
     """Shapes where torch's MKL measured faster than OpenBLAS here: none so far (see the module docstring)."""
     return False
@@ -340,8 +363,13 @@ def blas_matmul(a, b, out=None):
     """
     name = blas_for(a.shape, b.shape)[0]
     if name == "gemm":
-        if a.dtype == b.dtype and a.dtype in (np.float32, np.float64):
-            return gemm(a, b, out)
+        if a.dtype == b.dtype and a.dtype in (np.float32, np.float64) and a.shape[-1] == b.shape[-2]:
+            if a.ndim == 2:
+                return gemm(a, b, out)
+            if out is None:  # (1, M, K) @ (1, K, N)
+                return gemm(a[0], b[0])[None]
+            gemm(a[0], b[0], out[0])
+            return out
         name = "mkl" if "torch" in sys.modules else "openblas"  # mixed dtypes: BLAS's promotion rules
     if name == "mkl":
         import torch
@@ -479,7 +507,7 @@ def _explain_blas(op):
         shape_b = shape_b + (1,) if len(shape_b) == 1 else shape_b
         name, why = blas_for(shape_a, shape_b)
         tail = ", bias added in place into its output" if op == "linear" else ""
-        return f"BLAS: {name} ({why}){tail}; the own Numba `gemm` reaches ~0.7-0.95x of it"
+        return f"BLAS: {name} ({why}){tail}"
     return explain
 
 

@@ -270,7 +270,13 @@ def test_linear_allocates_only_its_output():
 
 def test_blas_choice_and_explain(monkeypatch):
     mod = _mod("numba")
-    assert mod.blas_for((4096, 1024), (1024, 4096))[0] == "openblas"
+    big = "gemm" if mod.OWN_GEMM_IN_STEP else "openblas"  # lone large products: own gemm on AVX-512 targets
+    assert mod.blas_for((4096, 1024), (1024, 4096))[0] == big
+    assert mod.blas_for((1, 4096, 1024), (1, 1024, 4096))[0] == big
+    assert mod.blas_for((2, 4096, 1024), (2, 1024, 4096))[0] == "openblas"  # batched: BLAS
+    assert mod.blas_for((512, 1024), (1024, 4096))[0] == "openblas"  # too few rows (LONE_GEMM_MIN)
+    assert f"BLAS: {big}" in str(dlcore.explain("matmul", np.ones((4096, 1024), np.float32),
+                                                np.ones((1024, 4096), np.float32)))
     text = str(dlcore.explain("matmul", np.ones((8, 4), np.float32), np.ones((4, 5), np.float32)))
     assert "BLAS: openblas" in text
     text = str(dlcore.explain("linear", np.ones((8, 4), np.float32), np.ones((5, 4), np.float32)))
@@ -285,3 +291,20 @@ def test_blas_choice_and_explain(monkeypatch):
     out = np.empty((9, 6))
     assert mod.blas_matmul(x, w.T, out=out) is out
     assert_close(out, x @ w.T, **TOL[np.float64])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lone_large_products_on_the_own_gemm_match_blas(dtype, monkeypatch):
+    """Products of LONE_GEMM_MIN or more go to the own gemm on AVX-512 targets (forced here on any target):
+    2-D and single-batch 3-D, with out= and a transposed W, against BLAS."""
+    mod = _mod("numba")
+    monkeypatch.setattr(mod, "OWN_GEMM_IN_STEP", True)
+    monkeypatch.setattr(mod, "LONE_GEMM_MIN", (16, 8, 16))
+    a, b = rand((1, 37, 29), dtype, seed=5), rand((1, 29, 41), dtype, seed=6)
+    assert mod.blas_for(a.shape, b.shape)[0] == "gemm"
+    assert_close(mod.matmul(a, b), np.matmul(a, b), **TOL[dtype])
+    out = np.empty((1, 37, 41), dtype)
+    assert mod.blas_matmul(a, b, out=out) is out
+    assert np.array_equal(out, mod.gemm(a[0], b[0])[None])
+    x, w = rand((37, 29), dtype, seed=7), rand((41, 29), dtype, seed=8)
+    assert_close(mod.linear(x, w, None), x @ w.T, **TOL[dtype])
