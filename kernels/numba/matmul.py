@@ -394,6 +394,8 @@ def _pooled_out(a, b):
     or None where NumPy's own allocation and error messages should stand (mixed dtypes, bad shapes)."""
     if a.dtype != b.dtype or a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
         return None
+    if a.shape[-2] * b.shape[-1] * a.itemsize < _blocks.MIN_BYTES and a.ndim == 2 and b.ndim == 2:
+        return None  # a small 2-D product: NumPy's own allocation (no shape arithmetic on the hot path)
     try:
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     except ValueError:
