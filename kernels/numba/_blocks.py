@@ -18,7 +18,8 @@ those (numbers in bench/NOTES.md).
 A recycled block is a fresh output to its caller (nobody else references it). Its old contents are there,
 so only kernels that write every element may use `empty` (as with ``np.empty``); `zeros` clears it.
 Blocks are 64-byte aligned. Small arrays come from malloc's heap (its small bins reuse their pages) and
-are not pooled. Idle memory is bounded (`MAX_IDLE` blocks, `MAX_IDLE_BYTES` in all); `drop_idle` returns it.
+are not pooled. Idle memory is bounded (`MAX_IDLE` blocks, `MAX_IDLE_BYTES` in all): a block freed into a full
+pool evicts the blocks parked longest ago, so the pool follows the sizes in use. `drop_idle` returns it all.
 """
 from __future__ import annotations
 
@@ -31,9 +32,20 @@ MIN_BYTES = 1 << 20  # smaller arrays: plain np.empty
 MAX_IDLE = 256  # idle blocks kept at most (a training step cycles through dozens of activation sizes)
 MAX_IDLE_BYTES = 1 << 30  # idle memory kept at most, all blocks together
 
-_free = {}  # byte size (of the raw block) -> raw uint8 arrays of that size, most recently freed last
-_idle = [0, 0]  # idle blocks, idle bytes (under _lock)
+_free = {}  # byte size (of the raw block) -> [(stamp, raw uint8 array)], most recently freed last; never empty
+_idle = [0, 0, 0]  # idle blocks, idle bytes, last stamp (under _lock)
 _lock = threading.Lock()
+
+
+def _evict_oldest():
+    # under _lock, _free not empty: drop the block parked longest ago (the pool follows the sizes in use)
+    size = min(_free, key=lambda n: _free[n][0][0])
+    blocks = _free[size]
+    blocks.pop(0)
+    if not blocks:
+        del _free[size]
+    _idle[0] -= 1
+    _idle[1] -= size
 
 
 class _Block:
@@ -53,8 +65,11 @@ class _Block:
             if _lock.acquire(blocking=False):
                 try:
                     n = self.raw.nbytes
-                    if _idle[0] < MAX_IDLE and _idle[1] + n <= MAX_IDLE_BYTES:
-                        _free.setdefault(n, []).append(self.raw)
+                    if 0 < MAX_IDLE and n <= MAX_IDLE_BYTES:
+                        while _idle[0] >= MAX_IDLE or _idle[1] + n > MAX_IDLE_BYTES:
+                            _evict_oldest()
+                        _idle[2] += 1
+                        _free.setdefault(n, []).append((_idle[2], self.raw))
                         _idle[0] += 1
                         _idle[1] += n
                 finally:
@@ -81,7 +96,9 @@ def empty(shape, dtype) -> np.ndarray:
     with _lock:
         same = _free.get(nbytes + 64)
         if same:
-            raw = same.pop()  # the most recently freed first: likeliest still in cache
+            raw = same.pop()[1]  # the most recently freed first: likeliest still in cache
+            if not same:
+                del _free[nbytes + 64]
             _idle[0] -= 1
             _idle[1] -= raw.nbytes
     if raw is None:

@@ -85,3 +85,20 @@ def test_each_size_has_its_own_free_list_and_zeros_clears_a_recycled_block():
     d = _blocks.zeros(_big(), np.float32)
     assert d.ctypes.data == a_addr and not d.any()  # the NaNs left in a's block are gone
     assert _blocks.idle() == (0, 0)
+
+
+def test_a_full_pool_evicts_the_block_parked_longest_ago(monkeypatch):
+    """Freed into a full pool, a block evicts the oldest idle one, so the sizes in use stay pooled."""
+    monkeypatch.setattr(_blocks, "MAX_IDLE", 2)
+    rows = _big()[0]
+    arrays = [_blocks.empty((rows + i, 1024), np.float32) for i in range(3)]
+    addrs = [a.ctypes.data for a in arrays]
+    for i in range(3):  # freed in order 0, 1, 2: block 0 is evicted when block 2 arrives
+        arrays[i] = None
+        gc.collect()
+    assert _blocks.idle()[0] == 2
+    fresh = _blocks.empty((rows, 1024), np.float32)  # block 0 was evicted: nothing of this size is pooled
+    assert fresh.shape == (rows, 1024) and _blocks.idle()[0] == 2
+    again = [_blocks.empty((rows + i, 1024), np.float32) for i in (1, 2)]
+    assert [a.ctypes.data for a in again] == addrs[1:]
+    assert _blocks.idle() == (0, 0)
