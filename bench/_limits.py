@@ -50,6 +50,11 @@ def parallel_copy_bandwidth_gbs(n_bytes=512 << 20) -> float:
     return 2 * src.nbytes / t / 1e9
 
 
+# The key under which a memory-bound row's share beside its kernel is stored in its ``paired`` ratios
+# (bench/conftest.py writes it, bench/targets.py and bench/run.py read it).
+PAIRED_COPY = "copy"
+
+
 def copy_probe(bytes_moved: int):
     """A callable that moves ``bytes_moved`` bytes (read + write counted) as a parallel copy.
 

@@ -8,10 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from bench._limits import copy_probe, machine_limits
-
-# The key under which a memory-bound row's paired share of copy bandwidth is stored (bench/targets.py reads it).
-PAIRED_COPY = "copy"
+from bench._limits import PAIRED_COPY, copy_probe, machine_limits
 
 _LIMITS = None
 

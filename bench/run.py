@@ -22,6 +22,8 @@ import platform
 import subprocess
 import sys
 
+from bench._limits import PAIRED_COPY
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 JSON = os.path.join(HERE, "results.json")
@@ -171,7 +173,7 @@ def write_markdown(rows, machine, limits, rows_1t=None):
     ]
     for r in rows:
         vs = f"{r['vs_torch']:.2f}" if r["vs_torch"] else "-"
-        beside = (r.get("paired") or {}).get("copy")
+        beside = (r.get("paired") or {}).get(PAIRED_COPY)
         lines.append(
             f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['backend']} | {r['median'] * 1e3:.2f} | "
             f"{r['iqr'] * 1e3:.2f} | {r['floor'] * 1e3:.2f} | {vs} | {r['rate']:.1f} {r['unit']} | "

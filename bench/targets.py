@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench._limits import PAIRED_COPY
+
 
 @dataclass(frozen=True)
 class Target:
@@ -84,7 +86,7 @@ def evaluate(rows, targets=TARGETS):
                 # the share against a copy of the same bytes timed in the same rounds (bench/_limits.copy_probe)
                 # when the row has one; the run-wide probe's share goes in the row-medians column
                 blocks = ours["share"]
-                measured = (ours.get("paired") or {}).get("copy", blocks)
+                measured = (ours.get("paired") or {}).get(PAIRED_COPY, blocks)
             else:
                 refs = t.ref if isinstance(t.ref, tuple) else (t.ref,)
                 times = [m for m in (_median(rows, t.op, shape, b) for b in refs) if m is not None]

@@ -51,7 +51,7 @@ def enable_grad():
 class Node:
     """How an output was made: its parent Tensors (None where no gradient flows) and the backward closure."""
 
-    __slots__ = ("backward", "name", "parents")
+    __slots__ = ("parents", "backward", "name")
 
     def __init__(self, parents, backward, name):
         self.parents = parents
@@ -214,7 +214,7 @@ class Tensor:
 
     _is_dlcore_tensor = True
     __array_priority__ = 1000  # numpy_array + tensor -> Tensor.__radd__
-    __slots__ = ("__weakref__", "_node", "data", "grad", "requires_grad")
+    __slots__ = ("data", "grad", "requires_grad", "_node", "__weakref__")
 
     def __init__(self, data, requires_grad=False):
         if isinstance(data, Tensor):

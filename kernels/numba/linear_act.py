@@ -152,6 +152,10 @@ def _epilogue(y, b, s, code, has_bias, keep):
     (_epilogue_serial if y.size < SERIAL_BELOW else _epilogue_kernel)(y, b, s, code, has_bias, keep)
 
 
+def _grad_pre(saved, grad, out, code):
+    (_grad_pre_serial if grad.size < SERIAL_BELOW else _grad_pre_kernel)(saved, grad, out, code)
+
+
 def _code(activation):
     _composed.check(activation)
     return _CODES[activation]
@@ -225,7 +229,7 @@ def linear_act_backward(grad, x, weight, bias, saved, activation, need_input=Tru
                 _epilogue(saved, np.empty(0, x.dtype), np.empty((0, 0), x.dtype), 2, False, False)
         g_pre = _blocks.empty_like(grad)
         if grad.size:
-            (_grad_pre_serial if grad.size < SERIAL_BELOW else _grad_pre_kernel)(saved, grad, g_pre, code)
+            _grad_pre(saved, grad, g_pre, code)
     return _mm.linear_backward(g_pre, x, weight, bias is not None, need_input=need_input)
 
 
