@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from . import _blocks
+from . import _rows as rows
 from . import _vmath as vm
 
 _BLOCK = 16384  # elements per parallel work item (whole rows)
@@ -30,7 +31,6 @@ _REDUCTIONS = ("none", "mean", "sum")
 
 
 _JIT = {"parallel": True, "cache": True, "error_model": "numpy"}
-_FM_SUM = {"reassoc", "contract", "nsz", "arcp"}
 
 
 @numba.njit(inline="always")
@@ -62,14 +62,6 @@ def _loss_row(xr, yr, pw, has_pw, out):
         out[c] = _bce_loss(xr[c], np.float64(yr[c]), p, has_pw)
 
 
-@numba.njit(cache=True, fastmath=_FM_SUM)
-def _sum_f64(a):
-    s = 0.0
-    for i in range(a.shape[0]):
-        s += a[i]
-    return s
-
-
 @numba.njit(**_JIT)
 def _bce_fwd_kernel(x, y, pw, has_pw, rows_per_block, loss):
     # x, y, loss: (R, C); pw: (C,) (unused unless has_pw)
@@ -88,7 +80,7 @@ def _bce_sum_kernel(x, y, pw, has_pw, rows_per_block, partials):
         s = 0.0
         for r in range(blk * rows_per_block, min(R, (blk + 1) * rows_per_block)):
             _loss_row(x[r], y[r], pw, has_pw, tmp)
-            s += _sum_f64(tmp)
+            s += rows.sum_f64(tmp)
         partials[blk] = s
 
 

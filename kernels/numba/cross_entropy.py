@@ -5,21 +5,23 @@ Same semantics as the NumPy reference (``kernels/numpy/cross_entropy.py``, torch
 ``'mean'`` over the non-ignored rows (NaN when there is none), ``'sum'``, ``'none'``.
 
 One kernel serves forward and backward. Each row is handled by one thread, and every pass over a row is a
-vectorised loop on a contiguous 1-D row view (AVX2/FMA, 8 float32 lanes; the pattern of softmax.py):
+vectorised loop on a contiguous 1-D row view (AVX2 or AVX-512; the row primitives of `_rows`, as softmax.py):
 
-1. row max with IEEE maxNum (`_vmath.maxnum`) -- the only pass that reads the logits from DRAM;
+1. row max (`_rows.row_max`, an integer max over order-preserving keys of the float bits) -- the only
+   pass that reads the logits from DRAM;
 2. ``exp(x - max)`` with `_vmath.exp_neg` (<= 1 ulp, in the logits' dtype) into the gradient row, or into
-   a per-task scratch row when no gradient is wanted (so both paths give bit-identical losses);
-3. float64 partition sum of that row (a separate ``reassoc`` reduction: vector partial sums), and the
-   float64 row sum of the logits when label smoothing is on; ``lse = max + log(sum)``;
-4. the in-cache rescale ``grad = exp * (scale / sum) - scale * eps / C`` in the dtype (two roundings,
+   a per-task scratch row when no gradient is wanted (so both paths give bit-identical losses), summed in
+   the same pass (`_rows.exp_sum`: float64 across blocks of 512 float32 entries, float32 vector partial
+   sums within one); the float64 row sum of the logits when label smoothing is on; ``lse = max +
+   log(sum)``;
+3. the in-cache rescale ``grad = exp * (scale / sum) - scale * eps / C`` in the dtype (two roundings,
    <= 1-2 ulp), then the target column loses ``scale * (1 - eps)`` (in float64, one rounding).
 
-A row of 32000 (50257) float32 logits is 128 KB (200 KB): passes 2-4 hit L2, not DRAM.
+A row of 32000 (50257) float32 logits is 128 KB (200 KB): passes 2-3 hit L2, not DRAM.
 Non-finite rows follow torch: a NaN or +inf anywhere, or a row of only -inf, gives a NaN loss and a NaN
-gradient row (``x - max`` or the sum is NaN; maxNum skips the NaN on purpose, the sum then carries it); a
+gradient row (``x - max`` or the sum is NaN: a NaN reaches them through the max or through its own exp); a
 -inf among finite logits gets probability exactly 0 (``exp_neg(-inf) == 0``). No fast-math flag touches
-the elementwise passes; only the pure float64 sums use ``reassoc``/``contract`` (no ``nnan``/``ninf``).
+the elementwise arithmetic; only the sums' adds carry ``reassoc``/``contract`` (no ``nnan``/``ninf``).
 
 Rows are split into contiguous blocks (``prange`` over blocks from 32768 logits on, one block serially
 below that); a row is computed the same way whatever its block, and the per-row losses are summed serially
@@ -47,6 +49,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _blocks
+from . import _rows as rows
 from . import _vmath as vm
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -57,34 +60,6 @@ _SERIAL_BELOW = 32768
 # Rows per parallel task: enough tasks to balance two to a few dozen threads, few enough that the
 # per-task scratch row (loss-only calls) costs nothing.
 _TASKS = 64
-
-# Reduction-only fast-math: reassociation lets LLVM keep several float64 partial sums in vector lanes.
-_FM_SUM = {"reassoc", "contract", "nsz", "arcp"}
-
-
-@njit(cache=True, fastmath=_FM_SUM)
-def _sum_f64(a):
-    s = 0.0
-    for j in range(a.shape[0]):
-        s += np.float64(a[j])
-    return s
-
-
-@njit(cache=True)
-def _row_max(row):
-    # maxNum ignores a NaN operand, so this vectorises without fast-math; the NaN reaches the sum instead.
-    m = row[0]
-    for j in range(1, row.shape[0]):
-        m = vm.maxnum(m, row[j])
-    return m
-
-
-@njit(cache=True)
-def _exp_shifted(row, m, out):
-    # out = exp(row - m); row - m <= 0 or NaN, the domain of exp_neg (exp(-inf) is exactly 0)
-    for j in range(row.shape[0]):
-        out[j] = vm.exp_neg(row[j] - m)
-
 
 @njit(cache=True)
 def _rescale(out, inv, shift):
@@ -105,13 +80,12 @@ def _cross_entropy_row(x, t, label_smoothing, e):
 
     Returns (row loss, partition sum), both float64."""
     c = x.shape[0]
-    m = _row_max(x)  # subtract the max for numerical stability
-    _exp_shifted(x, m, e)
-    s = _sum_f64(e)  # partition sum, accumulated in float64
+    m = rows.row_max(x)  # subtract the max for numerical stability
+    s = rows.exp_sum(x, m, e)  # e = exp(x - m); the partition sum, float64 across blocks
     lse = np.float64(m) + math.log(s)
     row_loss = lse - np.float64(x[t])
     if label_smoothing != 0:  # skipped at 0 so that a -inf logit cannot turn 0 * inf into NaN
-        row_loss = (1.0 - label_smoothing) * row_loss + label_smoothing * (lse - _sum_f64(x) / c)
+        row_loss = (1.0 - label_smoothing) * row_loss + label_smoothing * (lse - rows.sum_f64(x) / c)
     return row_loss, s
 
 

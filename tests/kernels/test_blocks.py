@@ -1,5 +1,6 @@
 """The Numba backend's recycled output blocks (kernels/numba/_blocks.py)."""
 import gc
+import os
 
 import numpy as np
 import pytest
@@ -102,3 +103,10 @@ def test_a_full_pool_evicts_the_block_parked_longest_ago(monkeypatch):
     again = [_blocks.empty((rows + i, 1024), np.float32) for i in (1, 2)]
     assert [a.ctypes.data for a in again] == addrs[1:]
     assert _blocks.idle() == (0, 0)
+
+
+def test_idle_cap_is_an_eighth_of_ram_at_least_1_gib():
+    # the 8192x50257 float32 cross-entropy gradient (1.65 GB) must fit on a 24 GiB machine
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert _blocks._idle_bytes_cap() == max(1 << 30, ram // 8)
+    assert _blocks.MAX_IDLE_BYTES >= 1 << 30

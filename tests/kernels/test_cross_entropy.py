@@ -131,11 +131,12 @@ def test_ignore_index_inside_class_range(backend):
 def test_inf_and_nan_logits(backend):
     """RELIABILITY 7: -inf logits give probability 0; smoothing over a -inf logit gives an infinite loss
     with a finite gradient; a NaN or +inf in a row gives NaN loss and a NaN gradient row, as in torch."""
-    x = rand((4, 5))
+    x = rand((5, 5))
     x[0, 1] = -np.inf  # target elsewhere: finite
     x[1, 2] = np.nan
     x[2, 0] = np.inf
-    t = np.array([0, 0, 0, 1])
+    x[4, 3] = np.copysign(np.nan, -1.0)  # a NaN with its sign bit set: never the row max, still NaN
+    t = np.array([0, 0, 0, 1, 2])
     for eps in (0.0, 0.2):
         for reduction in REDUCTIONS:
             _check(backend, x, t, label_smoothing=eps, reduction=reduction)

@@ -91,6 +91,7 @@ def test_nonfinite_rows(backend, dtype, op, cols):
     r = np.full(cols, -np.inf, dtype); r[0] = np.inf; rows.append(r)     # +inf with -inf: NaN row
     r = np.full(cols, -np.inf, dtype); r[-1] = np.nan; rows.append(r)    # NaN with -inf: NaN row
     rows.append(base.copy())                                             # a clean row is untouched
+    r = base.copy(); r[cols // 3] = np.copysign(np.nan, -1.0); rows.append(r)  # sign-bit NaN: NaN row
     x = np.stack(rows).astype(dtype)
     grad = rand(x.shape, dtype, seed=22)
     y, gx = run(backend, op, x, grad)
@@ -102,6 +103,7 @@ def test_nonfinite_rows(backend, dtype, op, cols):
     assert y[0, 1] == zero and np.all(np.isfinite(gx[:2]))
     assert np.all(np.isnan(y[2:7])) and np.all(np.isnan(gx[2:7]))
     assert np.all(np.isfinite(y[7])) and np.all(np.isfinite(gx[7]))
+    assert np.all(np.isnan(y[8])) and np.all(np.isnan(gx[8]))
 
 
 @pytest.mark.parametrize("op", OPS)
