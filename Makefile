@@ -19,9 +19,10 @@ test: $(STAMP)
 	$(PYTEST) -q -m "not slow and not gpu" --ignore=tests/kernels/triton
 	TRITON_INTERPRET=1 $(PYTEST) -q -m "not slow and not gpu" tests/kernels/triton tests/dlcore/ops/test_triton_backend.py
 	@F="$$($(PY) -m tests.numba_avx2_features)"; if [ -n "$$F" ]; then \
-		echo "AVX-512 host: the Numba GEMM and attention kernel tests again at the AVX2 vector width"; \
+		echo "AVX-512 host: the Numba GEMM, attention and softmax-family kernel tests again at the AVX2 vector width"; \
 		NUMBA_CPU_FEATURES="$$F" $(PYTEST) -q -m "not slow and not gpu" tests/kernels/test_attention.py \
-			tests/kernels/test_matmul.py tests/kernels/test_linear_act.py; fi
+			tests/kernels/test_matmul.py tests/kernels/test_linear_act.py tests/kernels/test_rows.py \
+			tests/kernels/test_softmax.py tests/kernels/test_cross_entropy.py; fi
 
 ## Quality runs of the task models (minutes).
 test-slow: $(STAMP)

@@ -12,39 +12,63 @@ dlcore's own autograd (`dlcore.Tensor`) uses the same pairs, so every backward r
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 
 from dlcore import _arrays, _dispatch
 
 _ndarray = np.ndarray
+_torch_tensor = [None]  # torch.Tensor, looked up once torch is imported (dlcore never imports it itself)
+
+
+def _torch_tensor_type():
+    t = _torch_tensor[0]
+    if t is None:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            t = _torch_tensor[0] = torch.Tensor
+    return t
 
 
 class Call:
     """One call of one op: the chosen backend and the conversions to and from its native arrays."""
 
-    __slots__ = ("choice", "dtype", "grad_needed", "k", "kind", "native", "ns", "numpy_data", "op", "plain")
+    __slots__ = ("choice", "dtype", "grad_needed", "k", "kind", "native", "ns", "numpy_data", "op", "plain",
+                 "torch_plain")
 
     def __init__(self, op: str, named_arrays: dict, backend: str | None = None):
         self.op = op
         # plain: every array is a bare NumPy array (the common CPU case), so `apply` needs no conversions;
-        # numpy_data: every array is a NumPy array or a dlcore Tensor over one (a CPU training step). Both
-        # are found in one pass over the arguments (the general kind check costs several us per op).
-        plain = numpy_data = True
+        # numpy_data: every array is a NumPy array or a dlcore Tensor over one (a CPU training step);
+        # torch_plain: every array is a bare torch CPU tensor that needs no gradient and carries no negative
+        # bit, so each is viewed with `.numpy()` and nothing else (an inference call from torch code). All
+        # three are found in one pass over the arguments (the general kind check costs several us per op).
+        plain = numpy_data = torch_plain = True
         seen = False
+        tensor = None
         for a in named_arrays.values():
             if a is None:
                 continue
             seen = True
             t = type(a)
             if t is _ndarray:
+                torch_plain = False
                 continue
             plain = False
-            if not (getattr(t, "_is_dlcore_tensor", False) and type(a.data) is _ndarray):
-                numpy_data = False
+            if torch_plain:
+                tensor = tensor or _torch_tensor_type()
+                torch_plain = t is tensor and not (a.is_cuda or a.requires_grad or a.is_neg())
+            if numpy_data:
+                numpy_data = getattr(t, "_is_dlcore_tensor", False) and type(a.data) is _ndarray
+            if not (torch_plain or numpy_data):
                 break
         self.plain, self.numpy_data = plain, numpy_data and seen
-        self.kind = "numpy" if self.numpy_data else _arrays.common_kind(named_arrays)
+        self.torch_plain = torch_plain and seen and not plain
+        if self.numpy_data:
+            self.kind = "numpy"
+        else:
+            self.kind = "torch_cpu" if self.torch_plain else _arrays.common_kind(named_arrays)
         self.choice = _dispatch.resolve(op, self.kind, backend)
         self.k = self.choice.module  # the kernel module: self.k.softmax_forward(...)
         self.native = self.choice.backend.native
@@ -68,6 +92,8 @@ class Call:
                 continue
             if self.numpy_data:
                 dt = _arrays._DTYPE_NAMES.get(a.dtype if type(a) is _ndarray else a.data.dtype) or _arrays.dtype_name(a)
+            elif self.torch_plain:
+                dt = _arrays._DTYPE_NAMES.get(a.dtype) or _arrays.dtype_name(a)
             else:
                 dt = _arrays.dtype_name(a)
             if dt not in allowed:
@@ -85,11 +111,10 @@ class Call:
     def apply(self, forward, backward, arrays: tuple, **params):
         """Run ``forward`` on the native views of ``arrays``; wire up torch autograd when it is needed."""
         if self.plain and self.native == "numpy":  # NumPy in, NumPy kernels: nothing to convert or record
-            threads = _small_op_threads()(self, arrays)
-            if threads is None:
-                return forward(self, *arrays, **params)[0]
-            with threads:
-                return forward(self, *arrays, **params)[0]
+            return self._run_plain(forward, arrays, params)
+        if self.torch_plain and self.native == "numpy":  # torch CPU tensors, no autograd: views both ways
+            natives = tuple(None if a is None else a.numpy() for a in arrays)
+            return self.from_native(self._run_plain(forward, natives, params))
         if (self.numpy_data and not self.plain) or any(_arrays.is_dlcore_tensor(a) for a in arrays):
             return _apply_op()(self, forward, backward, arrays, params)
         if self.kind.startswith("torch") and _torch_needs_grad(arrays):
@@ -97,6 +122,14 @@ class Call:
             return _bridge().apply(self, forward, backward, params, *arrays)
         out, _ = forward(self, *(self.to_native(a) for a in arrays), **params)
         return self.from_native(out)
+
+    def _run_plain(self, forward, arrays, params):
+        # NumPy arrays into NumPy kernels, nothing recorded; a small op runs on one thread (`small_op_threads`)
+        threads = _small_op_threads()(self, arrays)
+        if threads is None:
+            return forward(self, *arrays, **params)[0]
+        with threads:
+            return forward(self, *arrays, **params)[0]
 
 
 @functools.cache

@@ -42,6 +42,36 @@ def test_torch_cpu_tensors_dispatch_like_numpy():
     assert chosen("softmax", torch.from_numpy(X)) == "numba"
 
 
+def test_plain_torch_cpu_tensors_take_the_view_path_and_the_rest_does_not():
+    """`Call` views bare CPU tensors that need no gradient with ``.numpy()`` (no general kind check); a
+    negative-bit view, a tensor that requires grad, a Parameter and a mix with NumPy take the general path,
+    and every path gives the same values."""
+    torch = pytest.importorskip("torch")
+    from dlcore.ops._common import Call
+
+    x = torch.from_numpy(X)
+    w = torch.from_numpy(X[:5].copy())
+    call = Call("linear", {"input": x, "weight": w, "bias": None})
+    assert call.torch_plain and call.kind == "torch_cpu" and not call.numpy_data
+    want = X @ X[:5].T
+    y = dlcore.ops.linear(x, w)
+    assert type(y) is torch.Tensor and np.allclose(y.numpy(), want, rtol=1e-6, atol=1e-6)
+
+    neg = torch.complex(torch.zeros(4, 7), torch.from_numpy(-X)).conj().imag  # X, carried as a negative bit
+    assert neg.is_neg()
+    assert not Call("softmax", {"input": neg}).torch_plain
+    np.testing.assert_allclose(dlcore.ops.softmax(neg, dim=-1).numpy(), dlcore.ops.softmax(X, dim=-1), rtol=1e-6)
+
+    leaf = x.clone().requires_grad_(True)
+    assert not Call("softmax", {"input": leaf}).torch_plain
+    assert dlcore.ops.softmax(leaf, dim=-1).requires_grad
+    assert not Call("softmax", {"input": torch.nn.Parameter(x.clone())}).torch_plain
+    with pytest.raises(TypeError, match="NumPy array"):
+        dlcore.ops.linear(x, X[:5].copy())
+    with pytest.raises(TypeError, match="floating-point"):
+        dlcore.ops.softmax(torch.ones(3, 4, dtype=torch.int64), dim=-1)
+
+
 def test_set_backend_then_context_then_env_then_per_op_env_then_argument(monkeypatch):
     dlcore.set_backend("numpy")
     assert chosen() == "numpy"
