@@ -4,9 +4,9 @@ import math
 import numba
 import numpy as np
 import pytest
-
 from dlcore.kernels.numba import _rows as rows
 from dlcore.kernels.numba import _vmath as vm
+
 from tests._compare import rand
 
 DTYPES = [np.float32, np.float64]
