@@ -6,16 +6,16 @@ while a row fits in L2.
 
 Every pass is a vectorised loop over a row (the row primitives in `_rows`). Forward: the max pass
 (`_rows.row_max`, an integer max over order-preserving keys; the only pass that reads x from DRAM), then
-``y = exp(x - max)`` and its sum in one pass (`_rows.exp_sum`: `_vmath.exp_neg`, branch-free, <= 1 ulp, in
-the input dtype; float64 sum across blocks), then y scaled in place by ``1 / sum`` rounded to x's dtype.
-log_softmax stores the exps in y as scratch (`_rows.exp_sum`), then overwrites y with ``(x - max) -
+``y = exp(x - max)`` and its sum while y is in cache (`_rows.exp_sum`: `_vmath.exp_neg`, branch-free,
+<= 1 ulp, in the input dtype; float64 sum across blocks), then y scaled in place by ``1 / sum`` rounded to
+x's dtype. log_softmax stores the exps in y as scratch (`_rows.exp_sum`), then overwrites y with ``(x - max) -
 log(sum)``. Backward: one float64 reduction (``sum(g * y)`` or ``sum(g)``) and one elementwise pass per
 row (softmax: in float64, cast on store; log_softmax: ``g - exp(y) * sum`` in y's dtype). Elementwise
 float32 steps cost at most 1-2 ulp each (noted beside them). Row sums: float64, except inside the exp
-sum's blocks of 512 float32 entries (see `_rows`: a block sum is within ~10 float32 roundings).
+sum's blocks of 512 entries (see `_rows`: a float32 block sum is within ~10 float32 roundings).
 
 Rows run in parallel (``prange``); each row is reduced in a fixed order, so the output does not depend on
-the thread count. Only the reductions use reassociation (the ``reassoc`` helpers in `_rows`); no
+the thread count or on where the arrays lie in memory. Only the reductions use reassociation (the ``reassoc`` helpers in `_rows`); no
 ``nnan``/``ninf`` anywhere, so -inf masking and NaN propagation hold.
 
 Non-finite rows follow torch 2.13: a row holding a NaN or +inf, or only -inf, is all NaN in both outputs
@@ -24,10 +24,9 @@ exactly 0 (``_vmath.exp(-inf) == 0``) / log-probability -inf and a finite gradie
 entry either through the max (a NaN with a clear sign bit orders above +inf) or through the row sum.
 
 Measured (2-core AMD EPYC Zen 5 VM, AVX-512, 2026-11-27; 4096x4096 float32, 2 threads, interleaved with
-a parallel copy of the same 128 MiB): softmax 3.88 -> 3.44 ms with the integer-key max, 3.23 ms
-with the fused exp+sum too, against 3.26 ms for the copy (41 GB/s); log_softmax 3.68 -> 3.23 ms. One
-thread, a 64x4096 block in cache, per 4096 rows: max 0.98 -> 0.54 ms, exp then a separate float64 sum
-2.70 -> fused 2.61 ms, scale 0.51 ms.
+a parallel copy of the same 128 MiB, which took 3.05-3.09 ms, ~42 GB/s): softmax 3.62-3.73 -> 3.10-3.12 ms,
+log_softmax 3.49-3.57 -> 3.25-3.27 ms. One thread, a 64x4096 block in cache, per 4096 rows: max 0.98 ->
+0.54 ms (integer keys), exp then sum 2.70 -> 2.35 ms (block sums in the dtype), scale 0.51 ms.
 """
 import math
 

@@ -108,3 +108,20 @@ def test_exp_sum_with_nan_is_nan(dtype):
     m = _row_maxes(x)
     s = _exp_sums(x, m, np.empty_like(x))
     assert np.all(np.isnan(s))
+
+
+@pytest.mark.parametrize("n", [1, 9, 33, 513])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_exp_sum_does_not_depend_on_where_the_rows_lie(dtype, n):
+    # LLVM guards a loop that reads one array and writes another with a runtime alias check and runs a
+    # scalar copy when the two are close; a sum taken in such a loop changed with the arrays' placement
+    x = rand((1, n), dtype, seed=n, scale=4.0)
+    m = x.max(axis=1)
+    far = np.empty_like(x)
+    want = _exp_sums(x, m, far)
+    for gap in (0, 1, 3, 16):
+        buf = np.empty(2 * n + gap, dtype)  # the row and the output side by side in one buffer
+        row, out = buf[:n][None], buf[n + gap:][None]
+        row[...] = x
+        assert _exp_sums(row, m, out).tobytes() == want.tobytes()
+        assert out.tobytes() == far.tobytes()
