@@ -17,8 +17,8 @@ those (numbers in bench/NOTES.md).
 
 A recycled block is a fresh output to its caller (nobody else references it). Its old contents are there,
 so only kernels that write every element may use `empty` (as with ``np.empty``); `zeros` clears it.
-Blocks are 64-byte aligned. Smaller arrays come from malloc's heap (its small bins reuse their pages) and
-are not pooled; from `ALIGN_FROM` (64 KiB) up they are still 64-byte aligned. Idle memory is bounded (`MAX_IDLE` blocks, `MAX_IDLE_BYTES` in all: an eighth of RAM, at
+Blocks are 64-byte aligned. Small arrays come from malloc's heap (its small bins reuse their pages) and
+are not pooled. Idle memory is bounded (`MAX_IDLE` blocks, `MAX_IDLE_BYTES` in all: an eighth of RAM, at
 least 1 GiB): a block freed into a full pool evicts the blocks parked longest ago, so the pool follows the
 sizes in use. `drop_idle` returns it all.
 """
@@ -30,8 +30,7 @@ import threading
 
 import numpy as np
 
-MIN_BYTES = 1 << 20  # smaller arrays: not pooled
-ALIGN_FROM = 1 << 16  # unpooled arrays from here up are still 64-byte aligned (malloc gives 16)
+MIN_BYTES = 1 << 20  # smaller arrays: plain np.empty
 MAX_IDLE = 256  # idle blocks kept at most (a training step cycles through dozens of activation sizes)
 
 
@@ -102,12 +101,12 @@ def empty(shape, dtype) -> np.ndarray:
         dtype: NumPy dtype.
 
     Returns:
-        A writeable array; 64-byte aligned from `ALIGN_FROM` bytes up, and pooled from `MIN_BYTES` up.
+        A writeable array; 64-byte aligned when it is at least `MIN_BYTES` (then pooled).
     """
     shape = tuple(int(n) for n in shape)
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     if nbytes < MIN_BYTES:
-        return np.empty(shape, dtype) if nbytes < ALIGN_FROM else _aligned(shape, dtype, nbytes)
+        return np.empty(shape, dtype)
     raw = None
     with _lock:
         same = _free.get(nbytes + 64)
@@ -120,16 +119,6 @@ def empty(shape, dtype) -> np.ndarray:
     if raw is None:
         raw = np.empty(nbytes + 64, np.uint8)
     return np.asarray(_Block(raw, shape, dtype))
-
-
-def _aligned(shape, dtype, nbytes):
-    # A 64-byte aligned array from malloc (~1.3 us more than np.empty). A product whose output rows start
-    # 16 bytes into a cache line splits every vector store of its C tiles: OpenBLAS's 256^3 sgemm took
-    # 0.190-0.195 ms into a misaligned output and 0.173 ms into an aligned one (interleaved, 2-core Zen 5
-    # VM, 2026-11-27); torch's allocator aligns to 64 too.
-    raw = np.empty(nbytes + 64, np.uint8)
-    start = -raw.ctypes.data % 64
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def empty_like(x) -> np.ndarray:

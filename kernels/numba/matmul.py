@@ -390,12 +390,11 @@ def blas_matmul(a, b, out=None):
 
 
 def _pooled_out(a, b):
-    """The product's output from `_blocks` (64-byte aligned from 64 KiB, recycled from 1 MiB: no page faults
-    for a large one in a training loop), or None where NumPy's own allocation and error messages should
-    stand (mixed dtypes, bad shapes, a 2-D output under 64 KiB)."""
+    """The product's output as a recycled block (`_blocks`: no page faults for a large one in a training loop),
+    or None where NumPy's own allocation and error messages should stand (mixed dtypes, bad shapes)."""
     if a.dtype != b.dtype or a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
         return None
-    if a.shape[-2] * b.shape[-1] * a.itemsize < _blocks.ALIGN_FROM and a.ndim == 2 and b.ndim == 2:
+    if a.shape[-2] * b.shape[-1] * a.itemsize < _blocks.MIN_BYTES and a.ndim == 2 and b.ndim == 2:
         return None  # a small 2-D product: NumPy's own allocation (no shape arithmetic on the hot path)
     try:
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])

@@ -110,16 +110,3 @@ def test_idle_cap_is_an_eighth_of_ram_at_least_1_gib():
     ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert _blocks._idle_bytes_cap() == max(1 << 30, ram // 8)
     assert _blocks.MAX_IDLE_BYTES >= 1 << 30
-
-
-def test_unpooled_arrays_from_64_kib_are_64_byte_aligned():
-    # malloc aligns to 16: a GEMM writing C tiles into a misaligned output splits its vector stores
-    for nbytes in (_blocks.ALIGN_FROM, _blocks.ALIGN_FROM + 48, _blocks.MIN_BYTES - 4):
-        for _ in range(8):
-            a = _blocks.empty((nbytes // 4,), np.float32)
-            assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.flags.writeable
-            a[...] = 1.0  # the whole range is usable
-    from dlcore.kernels.numba import matmul
-    x = np.ones((128, 256), np.float32)
-    y = matmul.blas_matmul(x, np.ones((256, 128), np.float32))
-    assert y.ctypes.data % 64 == 0 and np.all(y == 256)
