@@ -56,12 +56,14 @@ class Call:
                 torch_plain = False
                 continue
             plain = False
+            if numpy_data and getattr(t, "_is_dlcore_tensor", False) and type(a.data) is _ndarray:
+                torch_plain = False  # a dlcore Tensor (the training-step case: checked first, cheapest)
+                continue
+            numpy_data = False
             if torch_plain:
                 tensor = tensor or _torch_tensor_type()
                 torch_plain = t is tensor and not (a.is_cuda or a.requires_grad or a.is_neg())
-            if numpy_data:
-                numpy_data = getattr(t, "_is_dlcore_tensor", False) and type(a.data) is _ndarray
-            if not (torch_plain or numpy_data):
+            if not torch_plain:
                 break
         self.plain, self.numpy_data = plain, numpy_data and seen
         self.torch_plain = torch_plain and seen and not plain
