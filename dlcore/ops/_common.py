@@ -126,7 +126,8 @@ class Call:
         return self.from_native(out)
 
     def _run_plain(self, forward, arrays, params):
-        # NumPy arrays into NumPy kernels, nothing recorded; a small op runs on one thread (`small_op_threads`)
+        # NumPy arrays into NumPy kernels, nothing recorded; a small op runs on one thread
+        # (`small_op_threads`)
         threads = _small_op_threads()(self, arrays)
         if threads is None:
             return forward(self, *arrays, **params)[0]

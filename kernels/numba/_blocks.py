@@ -47,7 +47,8 @@ def _idle_bytes_cap() -> int:
 
 MAX_IDLE_BYTES = _idle_bytes_cap()  # idle memory kept at most, all blocks together
 
-_free = {}  # byte size (of the raw block) -> [(stamp, raw uint8 array)], most recently freed last; never empty
+# byte size (of the raw block) -> [(stamp, raw uint8 array)], most recently freed last; never an empty list
+_free = {}
 _idle = [0, 0, 0]  # idle blocks, idle bytes, last stamp (under _lock)
 _lock = threading.Lock()
 

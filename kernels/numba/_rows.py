@@ -22,8 +22,8 @@ once per row from a ``prange``. Jitted code only.
 * `sum_f64`, `dot_f64`: float64 reductions with vector partial sums.
 
 A row is always reduced in the same order, whatever thread runs it and wherever its arrays lie, so results
-do not depend on the thread count or on memory placement (they can differ in the last bits between an AVX2 and an AVX-512 machine, whose vector widths give
-different partial sums).
+do not depend on the thread count or on memory placement (they can differ in the last bits between an
+AVX2 and an AVX-512 machine, whose vector widths give different partial sums).
 
 Caching note (as for `_vmath`): `exp_sum` is inlined into its callers, and Numba's on-disk cache of a caller
 does not notice edits to this file. After changing it, delete ``kernels/numba/__pycache__``.

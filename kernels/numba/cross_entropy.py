@@ -11,9 +11,9 @@ vectorised loop on a contiguous 1-D row view (AVX2 or AVX-512; the row primitive
    pass that reads the logits from DRAM;
 2. ``exp(x - max)`` with `_vmath.exp_neg` (<= 1 ulp, in the logits' dtype) into the gradient row, or into
    a per-task scratch row when no gradient is wanted (so both paths give bit-identical losses), then
-   summed while in cache (`_rows.exp_sum`: float64 across blocks of 512 entries, vector partial sums in
-   the dtype within one); the float64 row sum of the logits when label smoothing is on; ``lse = max +
-   log(sum)``;
+   summed while in cache (`_rows.exp_sum`: float64, with vector partial sums in the dtype within blocks
+   of 512 entries in rows longer than that); the float64 row sum of the logits when label smoothing is
+   on; ``lse = max + log(sum)``;
 3. the in-cache rescale ``grad = exp * (scale / sum) - scale * eps / C`` in the dtype (two roundings,
    <= 1-2 ulp), then the target column loses ``scale * (1 - eps)`` (in float64, one rounding).
 

@@ -8,15 +8,16 @@ Every pass is a vectorised loop over a row (the row primitives in `_rows`). Forw
 (`_rows.row_max`, an integer max over order-preserving keys; the only pass that reads x from DRAM), then
 ``y = exp(x - max)`` and its sum while y is in cache (`_rows.exp_sum`: `_vmath.exp_neg`, branch-free,
 <= 1 ulp, in the input dtype; float64 sum across blocks), then y scaled in place by ``1 / sum`` rounded to
-x's dtype. log_softmax stores the exps in y as scratch (`_rows.exp_sum`), then overwrites y with ``(x - max) -
-log(sum)``. Backward: one float64 reduction (``sum(g * y)`` or ``sum(g)``) and one elementwise pass per
-row (softmax: in float64, cast on store; log_softmax: ``g - exp(y) * sum`` in y's dtype). Elementwise
-float32 steps cost at most 1-2 ulp each (noted beside them). Row sums: float64, except inside the exp
-sum's blocks of 512 entries (see `_rows`: a float32 block sum is within ~10 float32 roundings).
+x's dtype. log_softmax stores the exps in y as scratch (`_rows.exp_sum`), then overwrites y with
+``(x - max) - log(sum)``. Backward: one float64 reduction (``sum(g * y)`` or ``sum(g)``) and one
+elementwise pass per row (softmax: in float64, cast on store; log_softmax: ``g - exp(y) * sum`` in y's
+dtype). Elementwise float32 steps cost at most 1-2 ulp each (noted beside them). Row sums: float64, except
+inside the exp sum's blocks of 512 entries in rows longer than that (see `_rows`: a float32 block sum is
+within ~10 float32 roundings).
 
 Rows run in parallel (``prange``); each row is reduced in a fixed order, so the output does not depend on
-the thread count or on where the arrays lie in memory. Only the reductions use reassociation (the ``reassoc`` helpers in `_rows`); no
-``nnan``/``ninf`` anywhere, so -inf masking and NaN propagation hold.
+the thread count or on where the arrays lie in memory. Only the reductions use reassociation (the
+``reassoc`` helpers in `_rows`); no ``nnan``/``ninf`` anywhere, so -inf masking and NaN propagation hold.
 
 Non-finite rows follow torch 2.13: a row holding a NaN or +inf, or only -inf, is all NaN in both outputs
 and in both backwards (``x - max`` or the row sum is NaN). A -inf among finite logits gets probability
